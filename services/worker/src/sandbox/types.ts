@@ -1,0 +1,59 @@
+/** Shapes shared by the sandbox parts and the code_executor tool. */
+
+export type SandboxRuntime = 'runc' | 'runsc';
+
+export interface SandboxSettings {
+  /** Image that holds python3 and the runner (sandbox-image/). */
+  image: string;
+  runtime: SandboxRuntime;
+  /** Per-execution time limit; the container is killed past it. */
+  timeoutMs: number;
+  memoryMb: number;
+  cpus: number;
+  pids: number;
+  /** Containers kept created, started and attached, waiting for a job. 0 disables the pool. */
+  poolSize: number;
+  /** Absolute host paths, bind-mounted read-only at the same paths. */
+  allowedDirs: string[];
+  /** Cap per stream (stdout, stderr) of what one execution returns. */
+  outputLimitBytes: number;
+  /** Size of the /tmp tmpfs and of the output-dir tmpfs. */
+  tmpSizeMb: number;
+  /** Identifies this worker process on the labels of every container it creates. */
+  workerId: string;
+}
+
+/** A file the code left in the output dir, pulled from the container after an execution. */
+export interface Artifact {
+  /** Path relative to the output dir, `/`-separated, never absolute, never with `..`. */
+  name: string;
+  size: number;
+  contentType: string;
+  data: Buffer;
+}
+
+export interface ExecResult {
+  /** Captured at the file-descriptor level (subprocesses included), capped at outputLimitBytes. */
+  stdout: string;
+  stderr: string;
+  /** 0 on success, 1 when the cell raised, -1 when it was killed (timeout, cancel, crash). */
+  exitCode: number;
+  /** The formatted traceback when the cell raised. */
+  error?: string;
+  timedOut: boolean;
+  truncated: { stdout: boolean; stderr: boolean };
+  /** True when this execution ran in a fresh interpreter after an earlier one was lost (killed or crashed). */
+  reset: boolean;
+  /** New or changed files in the output dir after this execution. */
+  artifacts: Artifact[];
+  /** Artifacts the runner saw but refused (links, too big, too many), with the reason. */
+  skippedArtifacts: { name: string; reason: string }[];
+  durationMs: number;
+}
+
+/** The sandbox of one job: a lazily acquired container, replaced after a kill, removed at close. */
+export interface SandboxSession {
+  run(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<ExecResult>;
+  /** Removes the job's container, whatever state it is in. Idempotent. */
+  close(): Promise<void>;
+}
