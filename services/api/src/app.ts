@@ -1,0 +1,61 @@
+import express, { type Express } from 'express';
+import helmet from 'helmet';
+import cors from 'cors';
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Config } from '../../shared/src/config';
+import type { JobStore } from '../../shared/src/job-store';
+import type { Logger } from '../../shared/src/logger';
+import type { QueuedJobData } from '../../shared/src/queue';
+import { authenticate } from './auth';
+import { errorHandler, sendProblem } from './problem';
+import { jobsRouter } from './routes/jobs';
+
+export interface AppDeps {
+  config: Config;
+  store: JobStore;
+  queue: Queue<QueuedJobData>;
+  redis: Redis;
+  logger: Logger;
+}
+
+/** Builds the HTTP app from its parts; `main.ts` supplies real ones, tests may supply their own. */
+export function createApp(deps: AppDeps): Express {
+  const { config, redis, logger } = deps;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', config.AUTH_MODE === 'proxy' ? config.TRUSTED_PROXIES : false);
+  app.set('query parser', 'simple');
+  app.use(helmet());
+  // No CORS_ORIGINS means no cross-origin access at all (not `*`).
+  app.use(cors({ origin: config.CORS_ORIGINS.length > 0 ? config.CORS_ORIGINS : false }));
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    try {
+      await withTimeout(redis.ping(), 1000);
+      res.json({ status: 'ready' });
+    } catch {
+      sendProblem(res, 503, 'not_ready', 'Redis is unreachable.');
+    }
+  });
+
+  app.use('/v1', authenticate(config));
+  app.use('/v1', express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
+  app.use('/v1/jobs', jobsRouter(deps));
+  app.use((_req, res) => {
+    sendProblem(res, 404, 'not_found', 'No such route.');
+  });
+  app.use(errorHandler(logger));
+  return app;
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('timeout')), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

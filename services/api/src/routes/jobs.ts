@@ -1,0 +1,116 @@
+import { Router, type Request } from 'express';
+import type { Queue } from 'bullmq';
+import { z } from 'zod';
+import type { Config } from '../../../shared/src/config';
+import { AppError, ConflictError, NotFoundError } from '../../../shared/src/errors';
+import { JOB_ID_PATTERN, newJobId } from '../../../shared/src/ids';
+import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type JobSpec } from '../../../shared/src/job-schema';
+import type { JobStore } from '../../../shared/src/job-store';
+import type { Logger } from '../../../shared/src/logger';
+import { cancelChannel, type QueuedJobData } from '../../../shared/src/queue';
+import { parseOrThrow } from '../../../shared/src/validation';
+import type { Redis } from 'ioredis';
+
+export interface JobsRouterDeps {
+  config: Config;
+  store: JobStore;
+  queue: Queue<QueuedJobData>;
+  redis: Redis;
+  logger: Logger;
+}
+
+const listQuerySchema = z.strictObject({
+  status: z.enum(JOB_STATUSES).optional(),
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().regex(JOB_ID_PATTERN, 'must be a cursor returned by a previous page').optional(),
+});
+
+function jobIdParam(req: Request): string {
+  const id = req.params.id;
+  // Anything that is not shaped like a job id cannot be one: answer 404 without asking Redis.
+  if (typeof id !== 'string' || !JOB_ID_PATTERN.test(id)) throw new NotFoundError('No such job.');
+  return id;
+}
+
+export function jobsRouter(deps: JobsRouterDeps): Router {
+  const { config, store, queue, redis, logger } = deps;
+  const requestSchema = createJobRequestSchema({
+    maxSteps: config.JOB_MAX_STEPS_LIMIT,
+    maxTimeoutSeconds: config.JOB_MAX_TIMEOUT_SECONDS,
+  });
+  const router = Router();
+
+  router.post('/', async (req, res) => {
+    if (!req.is('application/json')) {
+      throw new AppError({ code: 'unsupported_media_type', status: 415, detail: 'Send the job as Content-Type: application/json.' });
+    }
+    const body = parseOrThrow(requestSchema, req.body, 'job');
+    const caller = res.locals.caller as string;
+    const provider = body.provider ?? config.DEFAULT_PROVIDER;
+    const spec: JobSpec = {
+      task: body.task,
+      provider,
+      model: body.model ?? (provider === 'openai' ? config.OPENAI_MODEL : config.ANTHROPIC_MODEL),
+      ...(body.system === undefined ? {} : { system: body.system }),
+      tools: body.tools ?? [...TOOL_NAMES],
+      maxSteps: body.maxSteps,
+      timeoutSeconds: body.timeoutSeconds,
+      metadata: body.metadata ?? {},
+      caller,
+    };
+    const id = newJobId();
+    await store.create(id, spec, new Date());
+    try {
+      await queue.add('agent', { jobId: id }, {
+        jobId: id,
+        attempts: config.JOB_ATTEMPTS,
+        backoff: { type: 'exponential', delay: 1000 },
+        removeOnComplete: true,
+        removeOnFail: true,
+      });
+    } catch (err) {
+      await store
+        .finish(id, { status: 'failed', stopReason: 'error', error: { code: 'enqueue_failed', message: 'The job could not be queued.' } })
+        .catch(() => undefined);
+      throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
+    }
+    logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model }, 'job created');
+    const job = await store.getFor(caller, id);
+    res.status(202).location(`/v1/jobs/${id}`).json(job);
+  });
+
+  router.get('/', async (req, res) => {
+    const query = parseOrThrow(listQuerySchema, req.query, 'query');
+    const page = await store.list(res.locals.caller as string, query);
+    res.json({ jobs: page.jobs.map(({ steps: _steps, ...summary }) => summary), nextCursor: page.nextCursor });
+  });
+
+  router.get('/:id', async (req, res) => {
+    const job = await store.getFor(res.locals.caller as string, jobIdParam(req));
+    if (!job) throw new NotFoundError('No such job.');
+    res.json(job);
+  });
+
+  router.post('/:id/cancel', async (req, res) => {
+    const id = jobIdParam(req);
+    const caller = res.locals.caller as string;
+    const job = await store.getFor(caller, id);
+    if (!job) throw new NotFoundError('No such job.');
+    const before = await store.requestCancel(id);
+    if (before === 'succeeded' || before === 'failed') {
+      throw new ConflictError(`The job has already ended (${before}).`, 'job_finished');
+    }
+    if (before === 'queued') {
+      // A waiting or delayed job is removed outright; one a worker has locked is not, and gets the message below.
+      const removed = await queue.remove(id);
+      if (removed === 1) {
+        await store.finish(id, { status: 'cancelled', stopReason: 'cancelled', error: { code: 'cancelled', message: 'Cancelled before it started.' } });
+      }
+    }
+    if (before === 'queued' || before === 'running') await redis.publish(cancelChannel(config.MAESTRO_PREFIX), id);
+    logger.info({ event: 'job.cancel_requested', jobId: id, caller, status: before }, 'cancel requested');
+    res.status(202).json(await store.getFor(caller, id));
+  });
+
+  return router;
+}

@@ -1,0 +1,130 @@
+import { z } from 'zod';
+
+export const TOOL_NAMES = ['code_executor', 'list_files', 'read_file'] as const;
+export type ToolName = (typeof TOOL_NAMES)[number];
+export const PROVIDERS = ['openai', 'anthropic'] as const;
+export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+export const TERMINAL_STATUSES: readonly JobStatus[] = ['succeeded', 'failed', 'cancelled'];
+export type StopReason = 'completed' | 'max_steps' | 'timeout' | 'cancelled' | 'error';
+
+export const LIMITS = {
+  taskChars: 100_000,
+  systemChars: 50_000,
+  metadataKeys: 16,
+  metadataKeyChars: 64,
+  metadataValueChars: 1024,
+} as const;
+
+/** The body of `POST /v1/jobs`. Limits that operators tune come in as arguments. */
+export function createJobRequestSchema(limits: { maxSteps: number; maxTimeoutSeconds: number }) {
+  return z.strictObject({
+    task: z.string().trim().min(1, 'must not be empty').max(LIMITS.taskChars),
+    provider: z.enum(PROVIDERS).optional(),
+    model: z
+      .string()
+      .min(1)
+      .max(200)
+      .regex(/^[\w.:/@-]+$/, 'may contain only letters, digits and . _ : / @ -')
+      .optional(),
+    system: z.string().max(LIMITS.systemChars).optional(),
+    tools: z
+      .array(z.enum(TOOL_NAMES))
+      .max(TOOL_NAMES.length)
+      .refine((t) => new Set(t).size === t.length, 'must not repeat a tool')
+      .optional(),
+    maxSteps: z.number().int().min(1).max(limits.maxSteps).default(Math.min(20, limits.maxSteps)),
+    timeoutSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .max(limits.maxTimeoutSeconds)
+      .default(Math.min(600, limits.maxTimeoutSeconds)),
+    metadata: z
+      .record(
+        z.string().min(1).max(LIMITS.metadataKeyChars),
+        z.string().max(LIMITS.metadataValueChars),
+      )
+      .refine((m) => Object.keys(m).length <= LIMITS.metadataKeys, `at most ${LIMITS.metadataKeys} keys`)
+      .optional(),
+  });
+}
+
+export type JobRequest = z.output<ReturnType<typeof createJobRequestSchema>>;
+
+/** What the worker needs to run a job: the request with every default resolved, and its owner. */
+export interface JobSpec {
+  task: string;
+  provider: (typeof PROVIDERS)[number];
+  model: string;
+  system?: string;
+  tools: ToolName[];
+  maxSteps: number;
+  timeoutSeconds: number;
+  metadata: Record<string, string>;
+  caller: string;
+}
+
+export interface Usage {
+  inputTokens: number;
+  outputTokens: number;
+}
+
+export interface ModelStep {
+  index: number;
+  type: 'model';
+  startedAt: string;
+  durationMs: number;
+  text: string;
+  toolCalls: { id: string; name: string; arguments: string }[];
+  usage: Usage;
+  stopReason: string;
+}
+
+export interface ToolStep {
+  index: number;
+  type: 'tool';
+  startedAt: string;
+  durationMs: number;
+  callId: string;
+  name: string;
+  /** The arguments as parsed JSON when they parsed, else the raw text. */
+  input: unknown;
+  output: string;
+  isError: boolean;
+  [detail: string]: unknown;
+}
+
+export type Step = ModelStep | ToolStep;
+
+export interface ArtifactInfo {
+  name: string;
+  size: number;
+  contentType: string;
+  /** Index of the tool step that produced it. */
+  step: number;
+}
+
+/** A job as the API shows it. */
+export interface JobView {
+  id: string;
+  status: JobStatus;
+  task: string;
+  provider: string;
+  model: string;
+  system?: string;
+  tools: ToolName[];
+  maxSteps: number;
+  timeoutSeconds: number;
+  metadata: Record<string, string>;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  attempts: number;
+  stopReason: StopReason | null;
+  result: { output: string } | null;
+  error: { code: string; message: string } | null;
+  usage: Usage;
+  steps: Step[];
+  artifacts: ArtifactInfo[];
+}

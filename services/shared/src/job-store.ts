@@ -1,0 +1,316 @@
+import type { Redis } from 'ioredis';
+import {
+  TERMINAL_STATUSES,
+  type ArtifactInfo,
+  type JobSpec,
+  type JobStatus,
+  type JobView,
+  type Step,
+  type StopReason,
+  type Usage,
+} from './job-schema';
+
+/** One entry of a job's event stream, as SSE will send it. */
+export interface JobEvent {
+  id: string;
+  type: 'status' | 'step';
+  data: unknown;
+}
+
+const EVENTS_MAXLEN = 10_000;
+
+// Transitions are Lua scripts so that "only if not already terminal" holds against every other
+// writer (a cancelling API replica, a stalled-job takeover, a late worker).
+const MARK_RUNNING = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {-1} end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {0} end
+if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return {2} end
+redis.call('HSET', KEYS[1], 'status', 'running')
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if not redis.call('HGET', KEYS[1], 'startedAt') then
+  redis.call('HSET', KEYS[1], 'startedAt', ARGV[1], 'deadline', ARGV[2])
+end
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'data', ARGV[3])
+return {1, deadline, attempts}
+`;
+
+const REQUEUE = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'data', ARGV[1])
+return 1
+`;
+
+const FINISH = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finishedAt', ARGV[2], 'stopReason', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', 'status', 'data', ARGV[6])
+local ttl = tonumber(ARGV[7])
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+return 1
+`;
+
+const REQUEST_CANCEL = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return false end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
+redis.call('HSET', KEYS[1], 'cancelRequested', '1')
+return st
+`;
+
+export type MarkRunningResult =
+  | { outcome: 'started'; deadline: Date; attempts: number }
+  | { outcome: 'missing' | 'finished' | 'cancel-requested' };
+
+/**
+ * The durable record of every job: its spec, status, steps, checkpoint and event stream, in Redis.
+ * BullMQ only carries the job id; this store is what the API reads.
+ */
+export class JobStore {
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+    private readonly retentionSeconds: number,
+  ) {}
+
+  private key(id: string, part?: string): string {
+    return part ? `${this.prefix}:job:${id}:${part}` : `${this.prefix}:job:${id}`;
+  }
+
+  private callerKey(caller: string): string {
+    return `${this.prefix}:jobs:${encodeURIComponent(caller)}`;
+  }
+
+  /** Every key of a job, so that finishing can set one expiry on all of them. */
+  private allKeys(id: string): string[] {
+    return [this.key(id), this.key(id, 'events'), this.key(id, 'steps'), this.key(id, 'checkpoint'), this.key(id, 'artifacts')];
+  }
+
+  async create(id: string, spec: JobSpec, createdAt: Date): Promise<void> {
+    await this.redis
+      .multi()
+      .hset(this.key(id), {
+        spec: JSON.stringify(spec),
+        caller: spec.caller,
+        status: 'queued',
+        createdAt: createdAt.toISOString(),
+        attempts: '0',
+        inputTokens: '0',
+        outputTokens: '0',
+      })
+      .zadd(this.callerKey(spec.caller), 0, id)
+      .xadd(this.key(id, 'events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', 'status', 'data', JSON.stringify({ status: 'queued' }))
+      .exec();
+  }
+
+  async spec(id: string): Promise<JobSpec | null> {
+    const raw = await this.redis.hget(this.key(id), 'spec');
+    return raw === null ? null : (JSON.parse(raw) as JobSpec);
+  }
+
+  async status(id: string): Promise<JobStatus | null> {
+    return (await this.redis.hget(this.key(id), 'status')) as JobStatus | null;
+  }
+
+  async isFinished(id: string): Promise<boolean> {
+    const status = await this.status(id);
+    return status === null || TERMINAL_STATUSES.includes(status);
+  }
+
+  async isCancelRequested(id: string): Promise<boolean> {
+    return (await this.redis.hget(this.key(id), 'cancelRequested')) === '1';
+  }
+
+  /** The job as its owner sees it, or null when it does not exist or belongs to someone else. */
+  async getFor(caller: string, id: string): Promise<JobView | null> {
+    const [[, hash], [, steps], [, artifacts]] = (await this.redis
+      .multi()
+      .hgetall(this.key(id))
+      .lrange(this.key(id, 'steps'), 0, -1)
+      .hvals(this.key(id, 'artifacts'))
+      .exec()) as [[null, Record<string, string>], [null, string[]], [null, string[]]];
+    if (!hash.spec || hash.caller !== caller) return null;
+    return toView(id, hash, steps, artifacts);
+  }
+
+  /** The caller's jobs, newest first (ids sort by creation time). `cursor` is the last id of the previous page. */
+  async list(
+    caller: string,
+    opts: { limit: number; cursor?: string; status?: JobStatus },
+  ): Promise<{ jobs: JobView[]; nextCursor: string | null }> {
+    const jobs: JobView[] = [];
+    let from = opts.cursor ? `(${opts.cursor}` : '+';
+    const batch = Math.max(opts.limit, 50);
+    // With a status filter, scanning is bounded so that one request cannot walk an unbounded history.
+    for (let scanned = 0; jobs.length < opts.limit && scanned < 2000; ) {
+      const ids = await this.redis.zrange(this.callerKey(caller), from, '-', 'BYLEX', 'REV', 'LIMIT', 0, batch);
+      if (ids.length === 0) return { jobs, nextCursor: null };
+      scanned += ids.length;
+      const pipeline = this.redis.pipeline();
+      for (const id of ids) pipeline.hgetall(this.key(id));
+      const hashes = (await pipeline.exec()) ?? [];
+      const gone: string[] = [];
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i] as string;
+        const hash = hashes[i]?.[1] as Record<string, string> | undefined;
+        from = `(${id}`;
+        if (!hash?.spec) {
+          gone.push(id); // expired after its retention time
+          continue;
+        }
+        if (opts.status && hash.status !== opts.status) continue;
+        jobs.push(toView(id, hash, [], []));
+        if (jobs.length === opts.limit) break;
+      }
+      if (gone.length > 0) await this.redis.zrem(this.callerKey(caller), ...gone);
+      if (ids.length < batch && jobs.length < opts.limit) return { jobs, nextCursor: null };
+    }
+    return { jobs, nextCursor: from.slice(1) };
+  }
+
+  /** Moves a job to running (once per attempt) and fixes its deadline on the first attempt. */
+  async markRunning(id: string, now: Date, timeoutSeconds: number): Promise<MarkRunningResult> {
+    const res = (await this.redis.eval(
+      MARK_RUNNING,
+      2,
+      this.key(id),
+      this.key(id, 'events'),
+      now.toISOString(),
+      new Date(now.getTime() + timeoutSeconds * 1000).toISOString(),
+      JSON.stringify({ status: 'running' }),
+      EVENTS_MAXLEN,
+    )) as [number, string?, number?];
+    if (res[0] === -1) return { outcome: 'missing' };
+    if (res[0] === 0) return { outcome: 'finished' };
+    if (res[0] === 2) return { outcome: 'cancel-requested' };
+    return { outcome: 'started', deadline: new Date(String(res[1])), attempts: Number(res[2]) };
+  }
+
+  /** A running job goes back to queued while it waits for a retry. */
+  async requeue(id: string, reason: { code: string; message: string }): Promise<void> {
+    await this.redis.eval(REQUEUE, 2, this.key(id), this.key(id, 'events'), JSON.stringify({ status: 'queued', retry: reason }), EVENTS_MAXLEN);
+  }
+
+  /**
+   * Records steps and the checkpoint that follows them in one transaction, so a job resumed after a
+   * crash never repeats a recorded step nor misses one.
+   */
+  async recordSteps(id: string, steps: Step[], checkpoint: unknown, usage: Usage): Promise<void> {
+    const multi = this.redis.multi();
+    for (const step of steps) {
+      multi.rpush(this.key(id, 'steps'), JSON.stringify(step));
+      multi.xadd(this.key(id, 'events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', 'step', 'data', JSON.stringify(step));
+    }
+    multi.set(this.key(id, 'checkpoint'), JSON.stringify(checkpoint));
+    if (usage.inputTokens) multi.hincrby(this.key(id), 'inputTokens', usage.inputTokens);
+    if (usage.outputTokens) multi.hincrby(this.key(id), 'outputTokens', usage.outputTokens);
+    await multi.exec();
+  }
+
+  async checkpoint<T>(id: string): Promise<T | null> {
+    const raw = await this.redis.get(this.key(id, 'checkpoint'));
+    return raw === null ? null : (JSON.parse(raw) as T);
+  }
+
+  async addArtifact(id: string, info: ArtifactInfo, data: Buffer): Promise<void> {
+    await this.redis
+      .multi()
+      .hset(this.key(id, 'artifacts'), info.name, JSON.stringify(info))
+      .hset(this.key(id, 'artifact-data'), info.name, data)
+      .exec();
+  }
+
+  async artifact(caller: string, id: string, name: string): Promise<{ info: ArtifactInfo; data: Buffer } | null> {
+    const [[, owner], [, info], [, data]] = (await this.redis
+      .multi()
+      .hget(this.key(id), 'caller')
+      .hget(this.key(id, 'artifacts'), name)
+      .hgetBuffer(this.key(id, 'artifact-data'), name)
+      .exec()) as [[null, string | null], [null, string | null], [null, Buffer | null]];
+    if (owner !== caller || info === null || data === null) return null;
+    return { info: JSON.parse(info) as ArtifactInfo, data };
+  }
+
+  /** Ends a job unless it has already ended; returns whether this call ended it. */
+  async finish(
+    id: string,
+    outcome: {
+      status: 'succeeded' | 'failed' | 'cancelled';
+      stopReason: StopReason;
+      result?: { output: string };
+      error?: { code: string; message: string };
+    },
+    now = new Date(),
+  ): Promise<boolean> {
+    const keys = [...this.allKeys(id), this.key(id, 'artifact-data')];
+    const res = await this.redis.eval(
+      FINISH,
+      keys.length,
+      ...keys,
+      outcome.status,
+      now.toISOString(),
+      outcome.stopReason,
+      outcome.result ? JSON.stringify(outcome.result) : '',
+      outcome.error ? JSON.stringify(outcome.error) : '',
+      JSON.stringify({ status: outcome.status, stopReason: outcome.stopReason, error: outcome.error ?? null }),
+      this.retentionSeconds,
+      EVENTS_MAXLEN,
+    );
+    return res === 1;
+  }
+
+  /** Marks a cancel request; returns the status the job had, or null when there is no such job. */
+  async requestCancel(id: string): Promise<JobStatus | null> {
+    return (await this.redis.eval(REQUEST_CANCEL, 1, this.key(id))) as JobStatus | null;
+  }
+
+  /** Events after `afterId` (exclusive), oldest first. */
+  async events(id: string, afterId: string | undefined, count: number): Promise<JobEvent[]> {
+    const start = afterId ? `(${afterId}` : '-';
+    const rows = await this.redis.xrange(this.key(id, 'events'), start, '+', 'COUNT', count);
+    return rows.map(([eventId, fields]) => {
+      const f: Record<string, string> = {};
+      for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] as string] = fields[i + 1] as string;
+      return { id: eventId, type: f.type === 'step' ? 'step' : 'status', data: JSON.parse(f.data ?? 'null') as unknown };
+    });
+  }
+
+  eventsKey(id: string): string {
+    return this.key(id, 'events');
+  }
+}
+
+function parseJson<T>(raw: string | undefined): T | null {
+  return raw ? (JSON.parse(raw) as T) : null;
+}
+
+function toView(id: string, hash: Record<string, string>, steps: string[], artifacts: string[]): JobView {
+  const spec = JSON.parse(hash.spec as string) as JobSpec;
+  return {
+    id,
+    status: hash.status as JobStatus,
+    task: spec.task,
+    provider: spec.provider,
+    model: spec.model,
+    ...(spec.system === undefined ? {} : { system: spec.system }),
+    tools: spec.tools,
+    maxSteps: spec.maxSteps,
+    timeoutSeconds: spec.timeoutSeconds,
+    metadata: spec.metadata,
+    createdAt: hash.createdAt as string,
+    startedAt: hash.startedAt ?? null,
+    finishedAt: hash.finishedAt ?? null,
+    attempts: Number(hash.attempts ?? 0),
+    stopReason: (hash.stopReason || null) as StopReason | null,
+    result: parseJson(hash.result),
+    error: parseJson(hash.error),
+    usage: { inputTokens: Number(hash.inputTokens ?? 0), outputTokens: Number(hash.outputTokens ?? 0) },
+    steps: steps.map((s) => JSON.parse(s) as Step),
+    artifacts: artifacts.map((a) => JSON.parse(a) as ArtifactInfo).sort((a, b) => a.name.localeCompare(b.name)),
+  };
+}
