@@ -1,0 +1,52 @@
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { ConfigError, type Config } from '../../shared/src/config';
+import { JobStore } from '../../shared/src/job-store';
+import { createLogger, type Logger } from '../../shared/src/logger';
+import { createJobsQueue } from '../../shared/src/queue';
+import { closeRedis, createApiRedis } from '../../shared/src/redis';
+import { createApp } from './app';
+import { unsafeAuthConfig } from './auth';
+
+export interface RunningApi {
+  /** Base URL the API serves on, e.g. http://127.0.0.1:3000 */
+  url: string;
+  port: number;
+  /** Stops accepting, lets in-flight requests end, closes connections. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Builds and starts the API from validated config: the API's composition root. */
+export async function startApi(config: Config, opts: { logger?: Logger } = {}): Promise<RunningApi> {
+  const logger = opts.logger ?? createLogger({ level: config.LOG_LEVEL, service: 'api' });
+  const unsafe = unsafeAuthConfig(config);
+  if (unsafe) throw new ConfigError(unsafe);
+
+  const redis = createApiRedis(config.REDIS_URL);
+  redis.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
+  const queue = createJobsQueue(redis, config.MAESTRO_PREFIX);
+  queue.on('error', (err) => logger.warn({ event: 'queue.error', message: err.message }, 'queue error'));
+  const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
+  const app = createApp({ config, store, queue, redis, logger });
+
+  const server = app.listen(config.PORT, config.HOST);
+  await once(server, 'listening');
+  const { address, port } = server.address() as AddressInfo;
+  logger.info({ event: 'api.listening', address, port, authMode: config.AUTH_MODE }, `listening on ${address}:${port}`);
+
+  let closing: Promise<void> | null = null;
+  const shutdown = async (): Promise<void> => {
+    logger.info({ event: 'api.stopping' }, 'stopping');
+    // Stop accepting, let in-flight requests end, then drop idle keep-alive sockets (and SSE streams).
+    server.close();
+    server.closeIdleConnections();
+    setTimeout(() => server.closeAllConnections(), 5000).unref();
+    await once(server, 'close').catch(() => undefined);
+    await queue.close();
+    await closeRedis(redis);
+    logger.info({ event: 'api.stopped' }, 'stopped');
+  };
+  const host = address.includes(':') ? `[${address}]` : address;
+  return { url: `http://${host}:${port}`, port, close: () => (closing ??= shutdown()) };
+}
+

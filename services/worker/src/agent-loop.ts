@@ -1,0 +1,144 @@
+import type { JobSpec, Step, ToolStep, Usage } from '../../shared/src/job-schema';
+import type { JobStore } from '../../shared/src/job-store';
+import type { Logger } from '../../shared/src/logger';
+import type { ChatMessage, ModelProvider, ToolResult } from './providers/model-provider';
+import type { SandboxSession } from './sandbox/types';
+import { runToolCall, toolSpecs } from './tools/registry';
+import type { Tool } from './tools/tool';
+
+/** The conversation so far, saved after every step so a retried job resumes instead of starting over. */
+export interface Checkpoint {
+  messages: ChatMessage[];
+  nextStepIndex: number;
+  modelCalls: number;
+}
+
+export interface AgentLoopDeps {
+  provider: ModelProvider;
+  tools: readonly Tool[];
+  store: JobStore;
+  sandbox: SandboxSession;
+  allowedDirs: string[];
+  sandboxTimeoutMs: number;
+  maxOutputTokens: number;
+  logger: Logger;
+}
+
+/** The model kept asking for tools until `maxSteps` model calls were spent. Final: never retried. */
+export class MaxStepsError extends Error {
+  override readonly name = 'MaxStepsError';
+}
+
+const RESET_NOTE =
+  'Note: this job was resumed on another worker, so the Python interpreter was restarted and variables from earlier code_executor calls are gone.\n';
+
+/**
+ * Runs a job's conversation to its end: call the model, run the tools it asks for, repeat. Returns
+ * the model's final text. Throws MaxStepsError, the signal's reason when aborted (cancel, deadline,
+ * shutdown), or an infrastructure error.
+ */
+export async function runAgentLoop(
+  jobId: string,
+  spec: JobSpec,
+  deadline: Date,
+  signal: AbortSignal,
+  deps: AgentLoopDeps,
+): Promise<string> {
+  const { provider, store, logger } = deps;
+  const saved = await store.checkpoint<Checkpoint>(jobId);
+  const cp: Checkpoint = saved ?? { messages: [{ role: 'user', content: spec.task }], nextStepIndex: 0, modelCalls: 0 };
+  if (saved) logger.info({ event: 'job.resumed', step: cp.nextStepIndex, modelCalls: cp.modelCalls }, 'resuming from checkpoint');
+  let interpreterLost = saved !== null && usedCodeExecutor(cp.messages);
+  const tools = deps.tools.filter((t) => spec.tools.includes(t.name as JobSpec['tools'][number]));
+  const specs = toolSpecs(tools);
+
+  for (;;) {
+    signal.throwIfAborted();
+    const last = cp.messages[cp.messages.length - 1];
+
+    if (last?.role === 'assistant' && last.toolCalls.length > 0) {
+      const steps: ToolStep[] = [];
+      const results: ToolResult[] = [];
+      for (const call of last.toolCalls) {
+        signal.throwIfAborted();
+        const startedAt = new Date();
+        const outcome = await runToolCall(tools, call, {
+          jobId,
+          signal,
+          logger,
+          sandbox: deps.sandbox,
+          allowedDirs: deps.allowedDirs,
+          execTimeoutMs: Math.max(1, Math.min(deps.sandboxTimeoutMs, deadline.getTime() - Date.now())),
+        });
+        let output = outcome.output;
+        if (call.name === 'code_executor' && interpreterLost && !outcome.detail?.reset) {
+          output = RESET_NOTE + output;
+          interpreterLost = false;
+        }
+        steps.push({
+          ...outcome.detail,
+          index: cp.nextStepIndex + steps.length,
+          type: 'tool',
+          startedAt: startedAt.toISOString(),
+          durationMs: Date.now() - startedAt.getTime(),
+          callId: call.id,
+          name: call.name,
+          input: parseOrRaw(call.arguments),
+          output,
+          isError: outcome.isError,
+        });
+        results.push({ callId: call.id, name: call.name, content: output, isError: outcome.isError });
+      }
+      cp.messages.push({ role: 'tool', results });
+      cp.nextStepIndex += steps.length;
+      await store.recordSteps(jobId, steps, cp, { inputTokens: 0, outputTokens: 0 });
+      continue;
+    }
+
+    // A final answer already recorded before a crash: the job only needs finishing.
+    if (last?.role === 'assistant') return last.content;
+
+    if (cp.modelCalls >= spec.maxSteps) {
+      throw new MaxStepsError(`The model was still calling tools after ${spec.maxSteps} model calls (maxSteps).`);
+    }
+    const startedAt = new Date();
+    const reply = await provider.complete(
+      {
+        model: spec.model,
+        ...(spec.system === undefined ? {} : { system: spec.system }),
+        messages: cp.messages,
+        tools: specs,
+        maxOutputTokens: deps.maxOutputTokens,
+      },
+      signal,
+    );
+    const step: Step = {
+      index: cp.nextStepIndex,
+      type: 'model',
+      startedAt: startedAt.toISOString(),
+      durationMs: Date.now() - startedAt.getTime(),
+      text: reply.text,
+      toolCalls: reply.toolCalls,
+      usage: reply.usage,
+      stopReason: reply.stopReason,
+    };
+    cp.messages.push({ role: 'assistant', content: reply.text, toolCalls: reply.toolCalls });
+    cp.modelCalls += 1;
+    cp.nextStepIndex += 1;
+    await store.recordSteps(jobId, [step], cp, reply.usage satisfies Usage);
+    logger.debug({ event: 'model.replied', step: step.index, toolCalls: reply.toolCalls.length, ms: step.durationMs }, 'model replied');
+    if (reply.toolCalls.length === 0) return reply.text;
+  }
+}
+
+function usedCodeExecutor(messages: ChatMessage[]): boolean {
+  return messages.some((m) => m.role === 'assistant' && m.toolCalls.some((c) => c.name === 'code_executor'));
+}
+
+function parseOrRaw(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}

@@ -1,0 +1,18 @@
+import { ConfigError, loadConfig } from '../../shared/src/config';
+import { startWorker } from './worker-service';
+
+async function main(): Promise<void> {
+  const worker = await startWorker(loadConfig(process.env));
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => {
+      void worker.close().then(() => process.exit(0));
+    });
+  }
+}
+
+main().catch((err: unknown) => {
+  // One clear line for configuration mistakes; other start-up failures get their message, not a stack.
+  const message = err instanceof ConfigError ? err.message : `start-up failed: ${(err as Error).message}`;
+  console.error(`maestro worker: ${message.replace(/\n/g, '\nmaestro worker: ')}`);
+  process.exit(1);
+});

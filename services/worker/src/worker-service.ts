@@ -1,0 +1,158 @@
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { Worker } from 'bullmq';
+import Docker from 'dockerode';
+import type { Config } from '../../shared/src/config';
+import { JobStore } from '../../shared/src/job-store';
+import { createLogger, type Logger } from '../../shared/src/logger';
+import { cancelChannel, JOBS_QUEUE, workerHeartbeatKey, type QueuedJobData } from '../../shared/src/queue';
+import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
+import { JobProcessor } from './job-processor';
+import { createProvider } from './providers';
+import type { ModelProvider } from './providers/model-provider';
+import { Reaper } from './sandbox/reaper';
+import { SandboxManager } from './sandbox/sandbox-manager';
+import { ALL_TOOLS } from './tools/registry';
+import { resolveAllowedDirs } from './tools/path-guard';
+
+const HEARTBEAT_TTL_S = 15;
+const HEARTBEAT_EVERY_MS = 5000;
+
+function dockerFrom(config: Config): Docker {
+  if (!config.DOCKER_HOST) return new Docker();
+  const url = new URL(config.DOCKER_HOST);
+  if (url.protocol === 'unix:') return new Docker({ socketPath: url.pathname });
+  return new Docker({ host: url.hostname, port: Number(url.port || 2375), protocol: url.protocol === 'https:' ? 'https' : 'http' });
+}
+
+export interface RunningWorker {
+  workerId: string;
+  /** Graceful stop: running jobs get the grace period, then are handed back. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Builds and starts a worker from validated config: the worker's composition root. */
+export async function startWorker(config: Config, opts: { logger?: Logger } = {}): Promise<RunningWorker> {
+  // The prefix leads the id so that everything a deployment (or a test run) created can be told apart.
+  const workerId = `${config.MAESTRO_PREFIX}.${hostname()}.${process.pid}.${randomBytes(3).toString('hex')}`;
+  const logger = (opts.logger ?? createLogger({ level: config.LOG_LEVEL, service: 'worker' })).child({ workerId });
+  const allowedDirs = await resolveAllowedDirs(config.ALLOWED_DIRS);
+
+  const redis = createWorkerRedis(config.REDIS_URL);
+  const subscriber = createWorkerRedis(config.REDIS_URL);
+  for (const conn of [redis, subscriber]) {
+    conn.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
+  }
+  const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
+  const docker = dockerFrom(config);
+  await docker.ping().catch((err: unknown) => {
+    throw new Error(`the Docker engine is unreachable (${(err as Error).message})`);
+  });
+
+  const sandboxes = new SandboxManager({
+    docker,
+    logger,
+    settings: {
+      image: config.SANDBOX_IMAGE,
+      runtime: config.SANDBOX_RUNTIME,
+      timeoutMs: config.SANDBOX_TIMEOUT_MS,
+      memoryMb: config.SANDBOX_MEMORY_MB,
+      cpus: config.SANDBOX_CPUS,
+      pids: config.SANDBOX_PIDS,
+      poolSize: config.SANDBOX_POOL_SIZE,
+      allowedDirs,
+      outputLimitBytes: config.SANDBOX_OUTPUT_LIMIT_KB * 1024,
+      tmpSizeMb: config.SANDBOX_TMP_MB,
+      workerId,
+    },
+  });
+
+  const heartbeat = async (): Promise<void> => {
+    await redis.set(workerHeartbeatKey(config.MAESTRO_PREFIX, workerId), new Date().toISOString(), 'EX', HEARTBEAT_TTL_S);
+  };
+  await heartbeat();
+  const heartbeatTimer = setInterval(() => {
+    heartbeat().catch((err: unknown) => logger.warn({ event: 'heartbeat.failed', message: (err as Error).message }, 'heartbeat failed'));
+  }, HEARTBEAT_EVERY_MS);
+
+  const reaper = new Reaper({
+    docker,
+    logger,
+    isWorkerAlive: async (id) => id === workerId || (await redis.exists(workerHeartbeatKey(config.MAESTRO_PREFIX, id))) === 1,
+    isJobFinished: (jobId) => store.isFinished(jobId),
+  });
+  const sweep = (): void => {
+    reaper.sweep().catch((err: unknown) => logger.warn({ event: 'reaper.failed', message: (err as Error).message }, 'reaper sweep failed'));
+  };
+  sweep();
+  const reaperTimer = setInterval(sweep, config.REAPER_INTERVAL_MS);
+  await sandboxes.start();
+
+  const providers = new Map<string, ModelProvider>();
+  const processor = new JobProcessor({
+    store,
+    providerFor: (name) => {
+      let provider = providers.get(name);
+      if (!provider) {
+        provider = createProvider(name, {
+          openai: { apiKey: config.OPENAI_API_KEY, baseURL: config.OPENAI_BASE_URL },
+          anthropic: { apiKey: config.ANTHROPIC_API_KEY, baseURL: config.ANTHROPIC_BASE_URL },
+          maxRetries: config.PROVIDER_MAX_RETRIES,
+          timeoutMs: config.PROVIDER_TIMEOUT_MS,
+        });
+        providers.set(name, provider);
+      }
+      return provider;
+    },
+    sandboxFor: (jobId, deadline) => sandboxes.session(jobId, { deadline }),
+    tools: ALL_TOOLS,
+    allowedDirs,
+    sandboxTimeoutMs: config.SANDBOX_TIMEOUT_MS,
+    maxOutputTokens: config.MODEL_MAX_OUTPUT_TOKENS,
+    artifactLimits: { count: 50, bytes: 50 * 1024 * 1024 },
+    logger,
+  });
+
+  await subscriber.subscribe(cancelChannel(config.MAESTRO_PREFIX));
+  subscriber.on('message', (_channel, jobId: string) => processor.cancel(jobId));
+
+  const worker = new Worker<QueuedJobData>(JOBS_QUEUE, processor.process, {
+    connection: redis,
+    prefix: config.MAESTRO_PREFIX,
+    concurrency: config.WORKER_CONCURRENCY,
+    lockDuration: config.WORKER_LOCK_MS,
+    stalledInterval: config.WORKER_LOCK_MS,
+    // A job whose worker died is taken over twice before it is declared lost.
+    maxStalledCount: 2,
+  });
+  worker.on('error', (err) => logger.warn({ event: 'worker.error', message: err.message }, 'worker error'));
+  worker.on('failed', (job, err) => {
+    // Jobs failed by BullMQ itself (stalled too often) never reached our processor's verdict.
+    if (!job || !/stalled/i.test(err.message)) return;
+    void store
+      .finish(job.data.jobId, { status: 'failed', stopReason: 'error', error: { code: 'worker_lost', message: 'The workers running this job kept dying.' } })
+      .catch(() => undefined);
+  });
+  logger.info({ event: 'worker.started', concurrency: config.WORKER_CONCURRENCY, runtime: config.SANDBOX_RUNTIME, pool: config.SANDBOX_POOL_SIZE }, 'worker started');
+
+  let closing: Promise<void> | null = null;
+  const shutdown = async (): Promise<void> => {
+    logger.info({ event: 'worker.stopping', active: processor.activeCount }, 'stopping');
+    // Running jobs get the grace period to finish; then they are handed back and resume elsewhere.
+    const grace = setTimeout(() => processor.abortAll(), config.WORKER_SHUTDOWN_GRACE_MS);
+    await worker.close();
+    clearTimeout(grace);
+    clearInterval(reaperTimer);
+    clearInterval(heartbeatTimer);
+    await sandboxes.close();
+    await redis.del(workerHeartbeatKey(config.MAESTRO_PREFIX, workerId)).catch(() => undefined);
+    await closeRedis(subscriber);
+    await closeRedis(redis);
+    logger.info({ event: 'worker.stopped' }, 'stopped');
+  };
+  return {
+    workerId,
+    close: () => (closing ??= shutdown()),
+  };
+}
+

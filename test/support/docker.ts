@@ -1,0 +1,25 @@
+import Docker from 'dockerode';
+
+export const docker = new Docker();
+
+/** Label every container and image a test run creates carries, so teardown can find them all. */
+export const TEST_LABEL = 'maestro.test';
+
+/** Every MAESTRO_PREFIX (and so every worker id and sandbox label) a test uses starts with this. */
+export const TEST_PREFIX = 'mt-';
+
+export function sandboxImage(): string {
+  return process.env.SANDBOX_IMAGE ?? 'maestro-sandbox:latest';
+}
+
+/** Containers (any state) carrying all the given labels. */
+export async function containersWith(labels: Record<string, string>): Promise<Docker.ContainerInfo[]> {
+  const filters = { label: Object.entries(labels).map(([k, v]) => `${k}=${v}`) };
+  return docker.listContainers({ all: true, filters });
+}
+
+export async function removeContainersWith(labels: Record<string, string>): Promise<void> {
+  for (const info of await containersWith(labels)) {
+    await docker.getContainer(info.Id).remove({ force: true }).catch(() => undefined);
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * The suite needs a Docker engine and nothing else running. When REDIS_URL is unset it starts a
+ * throwaway Redis container (REDIS_IMAGE, default the official image) on a free loopback port; it
+ * builds the sandbox image when it is missing. global-teardown.ts removes what this started.
+ */
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { docker, sandboxImage, TEST_LABEL } from './docker';
+import { waitFor } from './wait-for';
+
+export default async function globalSetup(): Promise<void> {
+  await docker.ping().catch(() => {
+    throw new Error('The test suite needs a running Docker engine (see README: Testing).');
+  });
+
+  const image = sandboxImage();
+  const present = await docker.getImage(image).inspect().then(() => true, () => false);
+  if (!present) {
+    console.log(`\nglobal-setup: building the sandbox image ${image} (first run only)`);
+    const build = spawnSync(process.execPath, [join(__dirname, '..', '..', 'scripts', 'sandbox-build.mjs')], {
+      stdio: 'inherit',
+      env: { ...process.env, SANDBOX_IMAGE: image },
+    });
+    if (build.status !== 0) throw new Error(`building ${image} failed`);
+  }
+
+  if (!process.env.REDIS_URL) {
+    const redisImage = process.env.REDIS_IMAGE ?? 'redis:7';
+    const container = await docker.createContainer({
+      Image: redisImage,
+      Cmd: ['redis-server', '--save', '', '--appendonly', 'no'],
+      Labels: { [TEST_LABEL]: 'redis' },
+      HostConfig: { PortBindings: { '6379/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }] }, AutoRemove: false },
+      ExposedPorts: { '6379/tcp': {} },
+    });
+    await container.start();
+    const info = await container.inspect();
+    const port = info.NetworkSettings.Ports['6379/tcp']?.[0]?.HostPort;
+    if (!port) throw new Error('the test Redis container published no port');
+    const url = `redis://127.0.0.1:${port}`;
+    await waitFor(
+      async () => {
+        const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+        try {
+          await probe.connect();
+          return (await probe.ping()) === 'PONG';
+        } finally {
+          probe.disconnect();
+        }
+      },
+      { timeoutMs: 20_000, what: 'the test Redis container' },
+    );
+    process.env.REDIS_URL = url;
+    process.env.MAESTRO_TEST_REDIS_CONTAINER = container.id;
+  }
+}

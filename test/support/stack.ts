@@ -1,0 +1,147 @@
+/**
+ * A real Maestro in the test process: the API on a free loopback port and a worker, wired by the same
+ * composition roots as production (startApi/startWorker), against real Redis, real Docker and the
+ * scripted model server. Each stack has its own key prefix and removes what it made on close.
+ */
+import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { Redis } from 'ioredis';
+import pino from 'pino';
+import { startApi, type RunningApi } from '../../services/api/src/api-service';
+import { loadConfig, type Config } from '../../services/shared/src/config';
+import type { JobView } from '../../services/shared/src/job-schema';
+import { REDACT_PATHS } from '../../services/shared/src/logger';
+import { startWorker, type RunningWorker } from '../../services/worker/src/worker-service';
+import { removeContainersWith, sandboxImage, TEST_PREFIX } from './docker';
+import type { ModelServer } from './model-server';
+import { waitFor } from './wait-for';
+
+export const TEST_OPENAI_KEY = 'sk-test-openai-key-0000';
+export const TEST_ANTHROPIC_KEY = 'sk-ant-test-key-0000';
+
+export interface Stack {
+  config: Config;
+  prefix: string;
+  api: RunningApi;
+  workers: RunningWorker[];
+  /** Every log line the stack wrote, as text. */
+  logs: string[];
+  env: Record<string, string>;
+  redis: Redis;
+  startWorker(): Promise<RunningWorker>;
+  close(): Promise<void>;
+}
+
+export function stackEnv(model: ModelServer, prefix: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    REDIS_URL: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    MAESTRO_PREFIX: prefix,
+    HOST: '127.0.0.1',
+    PORT: '0',
+    OPENAI_API_KEY: TEST_OPENAI_KEY,
+    OPENAI_BASE_URL: model.openaiBaseUrl,
+    ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
+    ANTHROPIC_BASE_URL: model.anthropicBaseUrl,
+    PROVIDER_MAX_RETRIES: '0',
+    SANDBOX_IMAGE: sandboxImage(),
+    SANDBOX_POOL_SIZE: '1',
+    WORKER_CONCURRENCY: '2',
+    LOG_LEVEL: 'info',
+    ...extra,
+  };
+}
+
+export async function startStack(
+  model: ModelServer,
+  opts: { env?: Record<string, string>; workers?: number } = {},
+): Promise<Stack> {
+  const prefix = `${TEST_PREFIX}${randomBytes(4).toString('hex')}`;
+  const env = stackEnv(model, prefix, opts.env);
+  const config = loadConfig(env);
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      logs.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  const logger = pino({ level: config.LOG_LEVEL, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, sink);
+  const redis = new Redis(config.REDIS_URL);
+  const api = await startApi(config, { logger: logger.child({ service: 'api' }) });
+  const workers: RunningWorker[] = [];
+  const stack: Stack = {
+    config,
+    prefix,
+    api,
+    workers,
+    logs,
+    env,
+    redis,
+    async startWorker() {
+      const worker = await startWorker(config, { logger: logger.child({ service: 'worker' }) });
+      workers.push(worker);
+      return worker;
+    },
+    async close() {
+      await Promise.all(workers.map((w) => w.close()));
+      await api.close();
+      for (const w of workers) await removeContainersWith({ 'maestro.worker': w.workerId });
+      let cursor = '0';
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+        cursor = next;
+        if (keys.length > 0) await redis.del(...keys);
+      } while (cursor !== '0');
+      await redis.quit();
+    },
+  };
+  for (let i = 0; i < (opts.workers ?? 1); i++) await stack.startWorker();
+  return stack;
+}
+
+/** A small HTTP client for the stack, as a user would call it. */
+export async function request(
+  stack: Pick<Stack, 'api'>,
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: Headers; body: any }> {
+  const res = await fetch(stack.api.url + path, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: res.status, headers: res.headers, body: parsed };
+}
+
+export async function submitJob(stack: Pick<Stack, 'api'>, job: Record<string, unknown>): Promise<JobView> {
+  const res = await request(stack, 'POST', '/v1/jobs', job);
+  if (res.status !== 202) throw new Error(`POST /v1/jobs answered ${res.status}: ${JSON.stringify(res.body)}`);
+  return res.body as JobView;
+}
+
+export async function getJob(stack: Pick<Stack, 'api'>, id: string): Promise<JobView> {
+  const res = await request(stack, 'GET', `/v1/jobs/${id}`);
+  if (res.status !== 200) throw new Error(`GET /v1/jobs/${id} answered ${res.status}`);
+  return res.body as JobView;
+}
+
+const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+
+export async function waitForJobEnd(stack: Pick<Stack, 'api'>, id: string, timeoutMs = 30_000): Promise<JobView> {
+  return waitFor(
+    async () => {
+      const job = await getJob(stack, id);
+      return TERMINAL.has(job.status) ? job : undefined;
+    },
+    { timeoutMs, what: `job ${id} to end` },
+  );
+}
