@@ -212,6 +212,11 @@ export class JobStore {
     await multi.exec();
   }
 
+  /** How many steps are recorded: the index the next step will get. */
+  async stepCount(id: string): Promise<number> {
+    return this.redis.llen(this.key(id, 'steps'));
+  }
+
   async checkpoint<T>(id: string): Promise<T | null> {
     const raw = await this.redis.get(this.key(id, 'checkpoint'));
     return raw === null ? null : (JSON.parse(raw) as T);
