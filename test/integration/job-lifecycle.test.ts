@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { ToolStep } from '../../services/shared/src/job-schema';
 import { Queue } from 'bullmq';
 import { JOBS_QUEUE } from '../../services/shared/src/queue';
-import { docker } from '../support/docker';
+import { CONTAINER_ID_CODE, docker } from '../support/docker';
 import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { getJob, request, startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 import { waitFor } from '../support/wait-for';
@@ -51,7 +51,7 @@ describe('cancel', () => {
 
   test('a running job with a model request in flight is cancelled within a second, not retried, and its container is gone', async () => {
     if (stack.workers.length === 0) await stack.startWorker();
-    script['slow thinker'] = [code("print('container=' + open('/etc/hostname').read().strip())"), { hang: true }];
+    script['slow thinker'] = [code(CONTAINER_ID_CODE), { hang: true }];
     const job = await submitJob(stack, { task: 'slow thinker' });
     await waitFor(() => model.requests.some((r) => r.task === 'slow thinker' && r.step === 1), { what: 'the hanging model call' });
     expect((await getJob(stack, job.id)).status).toBe('running');
@@ -62,7 +62,7 @@ describe('cancel', () => {
     expect(Date.now() - started).toBeLessThan(1000);
     expect(ended).toMatchObject({ status: 'cancelled', stopReason: 'cancelled', attempts: 1 });
     const container = /container=(\w+)/.exec((ended.steps.find((s) => s.type === 'tool') as ToolStep).output)?.[1];
-    expect(container).toMatch(/^[0-9a-f]{12}$/);
+    expect(container).toMatch(/^[0-9a-f]{64}$/);
     await waitFor(() => docker.getContainer(container as string).inspect().then(() => false, (err: { statusCode?: number }) => err.statusCode === 404), {
       timeoutMs: 5000,
       what: 'the job container to be removed',

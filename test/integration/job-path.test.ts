@@ -7,7 +7,7 @@ import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ToolStep } from '../../services/shared/src/job-schema';
-import { docker } from '../support/docker';
+import { CONTAINER_ID_CODE, docker } from '../support/docker';
 import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 
@@ -29,7 +29,7 @@ beforeAll(async () => {
   await mkdir(join(root, 'data-evil'));
   await writeFile(join(allowed, 'notes.txt'), 'first line\nsecret-free content\n');
   await writeFile(join(root, 'data-evil', 'loot.txt'), 'should never be read\n');
-  await writeFile(join(root, 'outside.txt'), 'outside the allowed dir\n');
+  await writeFile(join(root, 'outside.txt'), 'OUTSIDE-CONTENT\n');
   await symlink('/etc/passwd', join(allowed, 'passwd-link'));
   // A server on the host's loopback that sandboxed code must not be able to reach.
   hostServer = createServer((s) => s.end('hello from the host\n'));
@@ -79,14 +79,15 @@ test('two code_executor calls in one job share interpreter state', async () => {
 });
 
 test('two jobs never share a container, and no container of a job remains after it ends', async () => {
-  const hostnameCode = code("print('container=' + open('/etc/hostname').read().strip())");
+  // Docker bind-mounts /etc/hostname from the container's own directory, whose name is its id.
+  const hostnameCode = code(CONTAINER_ID_CODE);
   script['whoami one'] = [hostnameCode, done('one')];
   script['whoami two'] = [hostnameCode, done('two')];
   const [a, b] = await Promise.all([submitJob(stack, { task: 'whoami one' }), submitJob(stack, { task: 'whoami two' })]);
   const jobs = await Promise.all([waitForJobEnd(stack, a.id), waitForJobEnd(stack, b.id)]);
   const containers = jobs.map((job) => /container=(\w+)/.exec(toolSteps(job.steps)[0]?.output ?? '')?.[1]);
-  expect(containers[0]).toMatch(/^[0-9a-f]{12}$/);
-  expect(containers[1]).toMatch(/^[0-9a-f]{12}$/);
+  expect(containers[0]).toMatch(/^[0-9a-f]{64}$/);
+  expect(containers[1]).toMatch(/^[0-9a-f]{64}$/);
   expect(containers[0]).not.toBe(containers[1]);
   for (const id of containers) {
     await expect(docker.getContainer(id as string).inspect()).rejects.toMatchObject({ statusCode: 404 });
@@ -183,6 +184,6 @@ test('read_file works inside an allowed dir and refuses escapes, outside symlink
   expect(inside?.output).toContain('secret-free content');
   for (const refused of [dotdot, link, elsewhere, sibling]) {
     expect(refused?.isError).toBe(true);
-    expect(refused?.output).not.toMatch(/outside the allowed dir|should never be read|root:x:0/);
+    expect(refused?.output).not.toMatch(/OUTSIDE-CONTENT|should never be read|root:x:0/);
   }
 });

@@ -27,6 +27,7 @@ export default async function globalSetup(): Promise<void> {
 
   if (!process.env.REDIS_URL) {
     const redisImage = process.env.REDIS_IMAGE ?? 'redis:7';
+    await ensureImage(redisImage);
     const container = await docker.createContainer({
       Image: redisImage,
       Cmd: ['redis-server', '--save', '', '--appendonly', 'no'],
@@ -53,5 +54,16 @@ export default async function globalSetup(): Promise<void> {
     );
     process.env.REDIS_URL = url;
     process.env.MAESTRO_TEST_REDIS_CONTAINER = container.id;
+  }
+}
+
+/** Pulls an image that is not here yet, as `docker run` would. */
+async function ensureImage(image: string): Promise<void> {
+  if (await docker.getImage(image).inspect().then(() => true, () => false)) return;
+  try {
+    const stream = await docker.pull(image);
+    await new Promise((resolve, reject) => docker.modem.followProgress(stream, (err) => (err ? reject(err) : resolve(undefined))));
+  } catch (err) {
+    throw new Error(`Image ${image} is missing and could not be pulled (${(err as Error).message}); set REDIS_URL to a running Redis, or REDIS_IMAGE to a local image.`);
   }
 }

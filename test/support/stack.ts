@@ -16,6 +16,10 @@ import { removeContainersWith, sandboxImage, TEST_PREFIX } from './docker';
 import type { ModelServer } from './model-server';
 import { waitFor } from './wait-for';
 
+/** Response bodies in tests: arbitrary JSON that assertions pick apart. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyJson = any;
+
 export const TEST_OPENAI_KEY = 'sk-test-openai-key-0000';
 export const TEST_ANTHROPIC_KEY = 'sk-ant-test-key-0000';
 
@@ -67,6 +71,7 @@ export async function startStack(
   });
   const logger = pino({ level: config.LOG_LEVEL, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, sink);
   const redis = new Redis(config.REDIS_URL);
+  redis.on('error', () => undefined); // a test that stops Redis on purpose must not crash the run
   const api = await startApi(config, { logger: logger.child({ service: 'api' }) });
   const workers: RunningWorker[] = [];
   const stack: Stack = {
@@ -106,7 +111,7 @@ export async function request(
   path: string,
   body?: unknown,
   headers: Record<string, string> = {},
-): Promise<{ status: number; headers: Headers; body: any }> {
+): Promise<{ status: number; headers: Headers; body: AnyJson }> {
   const res = await fetch(stack.api.url + path, {
     method,
     headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },

@@ -42,7 +42,9 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
     server.closeIdleConnections();
     setTimeout(() => server.closeAllConnections(), 5000).unref();
     await once(server, 'close').catch(() => undefined);
-    await queue.close();
+    // BullMQ's close waits for a connection; with Redis down, that wait would hold shutdown hostage.
+    if (redis.status === 'ready') await queue.close();
+    else void queue.close().catch(() => undefined);
     await closeRedis(redis);
     logger.info({ event: 'api.stopped' }, 'stopped');
   };

@@ -90,11 +90,19 @@ export function authenticate(config: Config): RequestHandler {
       return;
     }
     const user = req.get(header)?.trim();
-    if (!user || user.length > 256 || /[\u0000-\u001f\u007f]/.test(user)) {
+    if (!user || user.length > 256 || hasControlChars(user)) {
       sendProblem(res, 401, 'unauthenticated', `The authenticating proxy sent no valid ${header} header.`);
       return;
     }
     res.locals.caller = user;
     next();
   };
+}
+
+function hasControlChars(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f) return true;
+  }
+  return false;
 }

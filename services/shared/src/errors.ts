@@ -62,7 +62,3 @@ export class SandboxError extends AppError {
   }
 }
 
-/** True for the error an aborted AbortSignal produces (fetch, SDKs, our own waits). */
-export function isAbortError(err: unknown): boolean {
-  return err instanceof Error && (err.name === 'AbortError' || err.name === 'APIUserAbortError');
-}

@@ -1,5 +1,5 @@
 import { UnrecoverableError, type Job } from 'bullmq';
-import { AppError, isAbortError } from '../../shared/src/errors';
+import { AppError } from '../../shared/src/errors';
 import type { JobSpec } from '../../shared/src/job-schema';
 import type { JobStore } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
@@ -92,26 +92,30 @@ export class JobProcessor {
     const timeout = AbortSignal.timeout(Math.max(1, remainingMs));
     const signal = AbortSignal.any([controller.signal, timeout]);
     const sandbox = this.artifactSaving(jobId, this.deps.sandboxFor(jobId, deadline), logger);
+    let output: string;
     try {
-      if (remainingMs <= 0) timeout.throwIfAborted();
-      const provider = this.deps.providerFor(spec.provider);
-      const output = await runAgentLoop(jobId, spec, deadline, signal, {
-        provider,
-        tools: this.deps.tools,
-        store,
-        sandbox,
-        allowedDirs: this.deps.allowedDirs,
-        sandboxTimeoutMs: this.deps.sandboxTimeoutMs,
-        maxOutputTokens: this.deps.maxOutputTokens,
-        logger,
-      });
-      await store.finish(jobId, { status: 'succeeded', stopReason: 'completed', result: { output } });
-      logger.info({ event: 'job.succeeded' }, 'job succeeded');
+      try {
+        if (remainingMs <= 0) timeout.throwIfAborted();
+        output = await runAgentLoop(jobId, spec, deadline, signal, {
+          provider: this.deps.providerFor(spec.provider),
+          tools: this.deps.tools,
+          store,
+          sandbox,
+          allowedDirs: this.deps.allowedDirs,
+          sandboxTimeoutMs: this.deps.sandboxTimeoutMs,
+          maxOutputTokens: this.deps.maxOutputTokens,
+          logger,
+        });
+      } finally {
+        // Before the verdict is recorded: whoever sees the job ended sees its container gone.
+        await sandbox.close().catch((err: unknown) => logger.warn({ event: 'sandbox.close_failed', err }, 'sandbox close failed'));
+      }
     } catch (err) {
       await this.fail(jobId, err, { controller, timeout, job, logger });
-    } finally {
-      await sandbox.close().catch((err: unknown) => logger.warn({ event: 'sandbox.close_failed', err }, 'sandbox close failed'));
+      return;
     }
+    await store.finish(jobId, { status: 'succeeded', stopReason: 'completed', result: { output } });
+    logger.info({ event: 'job.succeeded' }, 'job succeeded');
   }
 
   private async fail(
@@ -132,7 +136,8 @@ export class JobProcessor {
       logger.info({ event: 'job.handed_back' }, 'job handed back on shutdown');
       throw reason; // BullMQ retries it; the checkpoint makes the retry resume.
     }
-    if (timeout.aborted && (isAbortError(err) || err === timeout.reason)) {
+    // Past the deadline, whatever surfaced (an SDK's abort error, a killed execution) is the timeout.
+    if (timeout.aborted) {
       await this.finalFailure(jobId, 'timeout', 'timeout', 'The job reached its timeoutSeconds.', logger);
     }
     if (err instanceof MaxStepsError) await this.finalFailure(jobId, 'max_steps', 'max_steps', err.message, logger);
