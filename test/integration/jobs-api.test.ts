@@ -1,6 +1,6 @@
 /** The HTTP contract of the job API, against real Redis (no worker: jobs stay queued). */
 import { startModelServer, type ModelServer } from '../support/model-server';
-import { request, startStack, submitJob, type Stack } from '../support/stack';
+import { request, startStack, submitJob, type AnyJson, type Stack } from '../support/stack';
 
 let model: ModelServer;
 let stack: Stack;
@@ -14,7 +14,7 @@ afterAll(async () => {
   await model?.close();
 });
 
-function expectProblem(res: { status: number; headers: Headers; body: any }, status: number): void {
+function expectProblem(res: { status: number; headers: Headers; body: AnyJson }, status: number): void {
   expect(res.status).toBe(status);
   expect(res.headers.get('content-type')).toMatch(/^application\/problem\+json/);
   expect(res.body).toMatchObject({ status, type: expect.any(String), title: expect.any(String), detail: expect.any(String) });
