@@ -20,7 +20,7 @@ export async function containersWith(labels: Record<string, string>): Promise<Do
 
 export async function removeContainersWith(labels: Record<string, string>): Promise<void> {
   for (const info of await containersWith(labels)) {
-    await docker.getContainer(info.Id).remove({ force: true }).catch(() => undefined);
+    await docker.getContainer(info.Id).remove({ force: true, v: true }).catch(() => undefined);
   }
 }
 

@@ -1,0 +1,146 @@
+import path from 'node:path';
+import type Dockerode from 'dockerode';
+import { SandboxError } from '../../../shared/src/errors';
+import type { SandboxSettings } from './types';
+
+/** Label keys every sandbox container carries; cleanup finds containers by these, never by name. */
+export const LABEL = {
+  role: 'maestro.role',
+  worker: 'maestro.worker',
+  job: 'maestro.job',
+  created: 'maestro.created',
+  deadline: 'maestro.deadline',
+} as const;
+
+export const SANDBOX_ROLE = 'sandbox';
+export const SANDBOX_UID = 65534;
+export const OUTPUT_DIR = '/output';
+export const RUNNER_PATH = '/opt/maestro/runner.py';
+
+const MIB = 1024 * 1024;
+const NOFILE = 1024;
+// Under runc RLIMIT_NPROC counts every process of the uid on the host, and all sandboxes share uid
+// 65534, so a per-container value would let one busy job starve the others; the cgroup PIDs limit
+// bounds each runc container. gVisor keeps its own count per sandbox, where the PIDs limit alone
+// was seen not to stop threads, so there the ulimit is the per-container bound.
+const RUNC_NPROC_FACTOR = 16;
+// Paths the image and the runner own; an allowed dir mounted over one would break or blind them.
+const RESERVED_DIRS = ['/tmp', OUTPUT_DIR, '/opt', '/opt/maestro', '/proc', '/sys', '/dev', '/usr', '/etc', '/bin', '/lib'];
+
+export interface SandboxContainerLabels {
+  /** Job id, or '' for a pool container not yet handed to a job. */
+  jobId: string;
+  created: Date;
+  deadline?: Date;
+}
+
+/** Labels of a sandbox container of this worker (STYLE.md: label what you create outside the process). */
+export function sandboxLabels(settings: SandboxSettings, labels: SandboxContainerLabels): Record<string, string> {
+  const out: Record<string, string> = {
+    [LABEL.role]: SANDBOX_ROLE,
+    [LABEL.worker]: settings.workerId,
+    [LABEL.job]: labels.jobId,
+    [LABEL.created]: labels.created.toISOString(),
+  };
+  if (labels.deadline) out[LABEL.deadline] = labels.deadline.toISOString();
+  return out;
+}
+
+function checkAllowedDir(dir: string): string {
+  const normal = path.posix.normalize(dir).replace(/(.)\/+$/, '$1');
+  if (!path.posix.isAbsolute(dir) || dir.includes('\0') || normal !== dir.replace(/(.)\/+$/, '$1')) {
+    throw new SandboxError(`allowed dir must be a normalised absolute path: ${JSON.stringify(dir)}`, {
+      retryable: false,
+      code: 'sandbox_config',
+    });
+  }
+  if (normal === '/' || RESERVED_DIRS.some((r) => normal === r || r.startsWith(`${normal}/`))) {
+    throw new SandboxError(`allowed dir ${normal} would cover a path the sandbox needs`, {
+      retryable: false,
+      code: 'sandbox_config',
+    });
+  }
+  return normal;
+}
+
+/** The hardened create options of one sandbox container (DESIGN.md, "The sandbox"). Pure. */
+export function buildContainerSpec(settings: SandboxSettings, labels: SandboxContainerLabels): Dockerode.ContainerCreateOptions {
+  const tmpfsOptions = `noexec,nosuid,nodev,size=${settings.tmpSizeMb}m,mode=1777`;
+  const containerLabels = sandboxLabels(settings, labels);
+  const fsizeBytes = settings.tmpSizeMb * MIB;
+  const nproc = settings.runtime === 'runsc' ? settings.pids : settings.pids * RUNC_NPROC_FACTOR;
+  return {
+    Image: settings.image,
+    // Explicit, so a rebuilt image cannot change what runs; the limit reaches the runner as argv
+    // because the container gets no environment from the worker.
+    Entrypoint: ['/usr/bin/python3', '-u', RUNNER_PATH],
+    Cmd: ['--limit', String(settings.outputLimitBytes)],
+    User: `${SANDBOX_UID}:${SANDBOX_UID}`,
+    WorkingDir: OUTPUT_DIR,
+    Hostname: 'sandbox',
+    Env: [],
+    Labels: containerLabels,
+    NetworkDisabled: true,
+    OpenStdin: true,
+    StdinOnce: false,
+    AttachStdin: true,
+    AttachStdout: true,
+    AttachStderr: true,
+    Tty: false,
+    HostConfig: {
+      NetworkMode: 'none',
+      Runtime: settings.runtime,
+      ReadonlyRootfs: true,
+      Mounts: [
+        ...settings.allowedDirs.map(checkAllowedDir).map((dir) => ({
+          // A `bind` Mount (unlike a `Binds` entry) fails when the source is missing instead of
+          // creating it on the host as root.
+          Type: 'bind' as const,
+          Source: dir,
+          Target: dir,
+          ReadOnly: true,
+          BindOptions: { Propagation: 'rprivate' as const },
+        })),
+        {
+          // The output dir is a tmpfs too, but made as an anonymous volume of the local driver: Engine
+          // 20.10's archive API (getArchive) does not see into a `Tmpfs` mount, and it does see
+          // volumes, under runc and runsc alike. Removing the container with `v` removes it.
+          Type: 'volume' as const,
+          Source: '',
+          Target: OUTPUT_DIR,
+          VolumeOptions: {
+            NoCopy: true,
+            Labels: containerLabels,
+            DriverConfig: { Name: 'local', Options: { type: 'tmpfs', device: 'tmpfs', o: tmpfsOptions } },
+          },
+        },
+      ],
+      // mode=1777: the tmpfs is created root-owned and the runner runs as 65534 (checked under runc
+      // and runsc; runc copies the mode of the image's dir, which is 1777 too).
+      Tmpfs: { '/tmp': `rw,${tmpfsOptions}` },
+      ShmSize: settings.tmpSizeMb * MIB,
+      CapDrop: ['ALL'],
+      CapAdd: [],
+      SecurityOpt: ['no-new-privileges'],
+      Privileged: false,
+      Devices: [],
+      IpcMode: 'private',
+      PidMode: '',
+      UTSMode: '',
+      Init: true,
+      Memory: settings.memoryMb * MIB,
+      MemorySwap: settings.memoryMb * MIB,
+      NanoCpus: Math.round(settings.cpus * 1e9),
+      PidsLimit: settings.pids,
+      Ulimits: [
+        { Name: 'nproc', Soft: nproc, Hard: nproc },
+        { Name: 'nofile', Soft: NOFILE, Hard: NOFILE },
+        { Name: 'fsize', Soft: fsizeBytes, Hard: fsizeBytes },
+      ],
+      RestartPolicy: { Name: 'no' },
+      AutoRemove: false,
+      // The runner's stdout is the protocol, read over attach; nothing needs to be kept on disk.
+      LogConfig: { Type: 'none', Config: {} },
+    },
+  };
+}

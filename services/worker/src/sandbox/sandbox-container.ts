@@ -1,0 +1,377 @@
+import { PassThrough } from 'node:stream';
+import { performance } from 'node:perf_hooks';
+import type Dockerode from 'dockerode';
+import { SandboxError } from '../../../shared/src/errors';
+import type { Logger } from '../../../shared/src/logger';
+import { buildContainerSpec, OUTPUT_DIR, type SandboxContainerLabels } from './container-spec';
+import { contentTypeOf } from './content-type';
+import { LineReader } from './line-reader';
+import { extractSingleFile } from './tar-reader';
+import type { Artifact, SandboxSettings } from './types';
+
+const MIB = 1024 * 1024;
+const MAX_LINE_BYTES = 4 * MIB;
+const MAX_FILES = 20;
+const MAX_FILE_BYTES = 10 * MIB;
+const MAX_TOTAL_BYTES = 25 * MIB;
+const MAX_SKIPPED = 50;
+const MAX_NAME_BYTES = 255;
+const STDERR_TAIL_BYTES = 4096;
+const DEFAULT_READY_TIMEOUT_MS = 30_000;
+
+/** Why a container can no longer serve: its interpreter state is gone. */
+export type LossReason = 'timeout' | 'cancelled' | 'crashed' | 'protocol' | 'removed';
+
+export interface CellOutcome {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  error?: string;
+  timedOut: boolean;
+  truncated: { stdout: boolean; stderr: boolean };
+  files: { name: string; size: number }[];
+  skipped: { name: string; reason: string }[];
+}
+
+type Waiter = { resolve: (msg: Record<string, unknown>) => void; fail: (reason: LossReason, detail: string) => void };
+
+/** A clean relative `/`-separated name, checked again on this side because the runner is not trusted. */
+export function isCleanName(name: string): boolean {
+  if (name === '' || Buffer.byteLength(name) > MAX_NAME_BYTES) return false;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f || c === 0x5c) return false;
+  }
+  return name.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
+}
+
+function engineStatus(err: unknown): number | undefined {
+  const status = (err as { statusCode?: unknown } | null)?.statusCode;
+  return typeof status === 'number' ? status : undefined;
+}
+
+function str(value: unknown, max: number): { text: string; cut: boolean } {
+  const text = typeof value === 'string' ? value : '';
+  return text.length > max ? { text: text.slice(0, max), cut: true } : { text, cut: false };
+}
+
+function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
+}
+
+/**
+ * One started container running the runner, attached over a hijacked stream. Serves one job at most;
+ * after a kill or a crash it is dead and only `remove()` remains.
+ */
+export class SandboxContainer {
+  private readonly reader: LineReader;
+  private waiter: Waiter | undefined;
+  private lost: LossReason | undefined;
+  private lostDetail = '';
+  private stderrTail = '';
+  private seq = 0;
+  private removal: Promise<void> | undefined;
+  private killing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly container: Dockerode.Container,
+    private readonly stream: NodeJS.ReadWriteStream,
+    private readonly docker: Dockerode,
+    private readonly settings: SandboxSettings,
+    private readonly logger: Logger,
+  ) {
+    this.reader = new LineReader(
+      MAX_LINE_BYTES,
+      (line) => this.onLine(line),
+      () => this.markLost('protocol', 'the sandbox wrote an oversized protocol line'),
+    );
+    const stderr = new PassThrough();
+    stderr.on('data', (chunk: Buffer) => {
+      this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES);
+    });
+    docker.modem.demuxStream(stream, this.reader, stderr);
+    const onGone = (): void => this.markLost('crashed', 'the interpreter exited');
+    stream.on('end', onGone);
+    stream.on('close', onGone);
+    stream.on('error', onGone);
+  }
+
+  get id(): string {
+    return this.container.id;
+  }
+
+  /** False once the interpreter is gone (killed, crashed, removed). */
+  get alive(): boolean {
+    return this.lost === undefined;
+  }
+
+  /** Creates, attaches (before start, so no output is lost), starts and waits for the ready line. */
+  static async launch(opts: {
+    docker: Dockerode;
+    settings: SandboxSettings;
+    labels: SandboxContainerLabels;
+    logger: Logger;
+    readyTimeoutMs?: number;
+  }): Promise<SandboxContainer> {
+    const { docker, settings, logger } = opts;
+    let container: Dockerode.Container;
+    try {
+      container = await docker.createContainer(buildContainerSpec(settings, opts.labels));
+    } catch (err) {
+      if (err instanceof SandboxError) throw err;
+      throw new SandboxError('could not create a sandbox container', { cause: err });
+    }
+    let sandbox: SandboxContainer | undefined;
+    try {
+      const stream = await container.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true });
+      sandbox = new SandboxContainer(container, stream, docker, settings, logger);
+      const ready = sandbox.waitFor(opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+      await container.start();
+      const msg = await ready;
+      if (msg.ready !== true) throw new SandboxError('the sandbox runner did not report ready');
+      return sandbox;
+    } catch (err) {
+      logger.warn({ event: 'sandbox.start_failed', containerId: container.id, err: (err as Error).message, stderr: sandbox?.stderrTail });
+      await (sandbox ? sandbox.remove() : container.remove({ force: true, v: true })).catch(() => undefined);
+      if (err instanceof SandboxError) throw err;
+      throw new SandboxError('could not start a sandbox container', { cause: err });
+    }
+  }
+
+  /**
+   * Runs one cell. Resolves with the runner's answer, or with exitCode -1 when the container had to
+   * be killed (timeout, broken protocol, crash). Rejects with the signal's reason when aborted,
+   * at once: the kill and removal go on in the background.
+   */
+  async execute(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<CellOutcome> {
+    opts.signal.throwIfAborted();
+    if (this.lost) return this.lostOutcome(false);
+    if (this.waiter) throw new SandboxError('the sandbox is already running a cell', { retryable: false });
+    const id = ++this.seq;
+    const answer = this.waitFor(opts.timeoutMs, opts.signal);
+    this.stream.write(`${JSON.stringify({ id, code, limit: this.settings.outputLimitBytes })}\n`);
+    let msg: Record<string, unknown>;
+    try {
+      msg = await answer;
+    } catch (err) {
+      if (!(err instanceof LostError)) throw err;
+      // Report only once the engine confirms the kill, so no code of this cell runs on afterwards.
+      if (err.reason === 'timeout' || err.reason === 'protocol') await this.kill(err.reason);
+      return this.lostOutcome(err.reason === 'timeout');
+    }
+    if (msg.id !== id) {
+      this.markLost('protocol', 'the sandbox answered out of turn');
+      return this.lostOutcome(false);
+    }
+    return this.toOutcome(msg);
+  }
+
+  /** Pulls the reported files with the archive API; anything odd becomes a skipped entry, never an error. */
+  async pullArtifacts(files: CellOutcome['files']): Promise<{ artifacts: Artifact[]; skipped: CellOutcome['skipped'] }> {
+    const artifacts: Artifact[] = [];
+    const skipped: CellOutcome['skipped'] = [];
+    let total = 0;
+    for (const file of files) {
+      if (total + file.size > MAX_TOTAL_BYTES) {
+        skipped.push({ name: file.name, reason: 'total size over the limit' });
+        continue;
+      }
+      try {
+        const archive = await this.readArchive(`${OUTPUT_DIR}/${file.name}`, MAX_FILE_BYTES + 64 * 1024);
+        const base = file.name.slice(file.name.lastIndexOf('/') + 1);
+        const data = extractSingleFile(archive, base, MAX_FILE_BYTES);
+        total += data.length;
+        artifacts.push({ name: file.name, size: data.length, contentType: contentTypeOf(file.name), data });
+      } catch (err) {
+        this.logger.warn({ event: 'sandbox.artifact_refused', name: file.name, err: (err as Error).message });
+        skipped.push({ name: file.name, reason: 'could not be read as a regular file' });
+      }
+    }
+    return { artifacts, skipped };
+  }
+
+  /** Kills the container through the Engine API (closing the attach stream would not stop it). Idempotent. */
+  kill(reason: LossReason): Promise<void> {
+    this.markLost(reason, `the sandbox was killed (${reason})`);
+    this.killing ??= (async () => {
+      const started = performance.now();
+      try {
+        await this.container.kill({ signal: 'SIGKILL' });
+      } catch (err) {
+        // 404: already removed; 409: not running. Either way it no longer runs code.
+        const status = engineStatus(err);
+        if (status !== 404 && status !== 409) throw new SandboxError('could not kill a sandbox container', { cause: err });
+      }
+      this.logger.info({ event: 'sandbox.killed', reason, ms: Math.round(performance.now() - started), containerId: this.id });
+    })();
+    return this.killing;
+  }
+
+  /** Force-removes the container and its output volume, whatever its state. Idempotent. */
+  remove(): Promise<void> {
+    this.markLost('removed', 'the sandbox was removed');
+    this.removal ??= (async () => {
+      this.stream.removeAllListeners('data');
+      (this.stream as NodeJS.ReadWriteStream & { destroy?: () => void }).destroy?.();
+      try {
+        await this.container.remove({ force: true, v: true });
+      } catch (err) {
+        const status = engineStatus(err);
+        // 404: gone already; 409: another removal is in progress.
+        if (status !== 404 && status !== 409) {
+          this.removal = undefined;
+          throw new SandboxError('could not remove a sandbox container', { cause: err });
+        }
+      }
+      this.logger.debug({ event: 'sandbox.removed', containerId: this.id });
+    })();
+    return this.removal;
+  }
+
+  private waitFor(timeoutMs: number, signal?: AbortSignal): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        void this.kill('timeout').catch((err: unknown) => this.logger.error({ event: 'sandbox.kill_failed', err }));
+        reject(new LostError('timeout'));
+      }, timeoutMs);
+      const onAbort = (): void => {
+        cleanup();
+        // A cancelled job must not wait for the engine: kill and remove in the background.
+        void this.kill('cancelled')
+          .then(() => this.remove())
+          .catch((err: unknown) => this.logger.error({ event: 'sandbox.kill_failed', err }));
+        reject(abortReason(signal as AbortSignal));
+      };
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.waiter = undefined;
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiter = {
+        resolve: (msg) => {
+          cleanup();
+          resolve(msg);
+        },
+        fail: (reason, detail) => {
+          cleanup();
+          reject(new LostError(reason, detail));
+        },
+      };
+    });
+  }
+
+  private onLine(line: string): void {
+    if (this.lost) return;
+    let msg: unknown;
+    try {
+      msg = JSON.parse(line);
+    } catch {
+      msg = undefined;
+    }
+    if (typeof msg !== 'object' || msg === null || Array.isArray(msg) || !this.waiter) {
+      this.markLost('protocol', 'the sandbox wrote something that is not a protocol message');
+      return;
+    }
+    this.waiter.resolve(msg as Record<string, unknown>);
+  }
+
+  private markLost(reason: LossReason, detail: string): void {
+    if (this.lost) return;
+    this.lost = reason;
+    this.lostDetail = detail;
+    if (reason === 'protocol') {
+      void this.kill('protocol').catch((err: unknown) => this.logger.error({ event: 'sandbox.kill_failed', err }));
+    }
+    this.waiter?.fail(reason, detail);
+  }
+
+  private async lostOutcome(timedOut: boolean): Promise<CellOutcome> {
+    let detail = timedOut ? 'the execution timed out and the interpreter was killed' : this.lostDetail;
+    if (this.lost === 'crashed') {
+      // Only on this rare path is the engine asked why, to tell an out-of-memory kill apart.
+      const state = await this.container.inspect().then(
+        (info) => info.State,
+        () => undefined,
+      );
+      if (state?.OOMKilled) detail = 'the interpreter was killed: out of memory';
+      else if (state && !state.Running) detail = `the interpreter exited with status ${state.ExitCode}`;
+      if (this.stderrTail.trim()) detail += `\n${this.stderrTail.trim()}`;
+    }
+    return {
+      stdout: '',
+      stderr: '',
+      exitCode: -1,
+      error: `${detail}; its state (variables, imports) is lost`,
+      timedOut,
+      truncated: { stdout: false, stderr: false },
+      files: [],
+      skipped: [],
+    };
+  }
+
+  private toOutcome(msg: Record<string, unknown>): CellOutcome {
+    // Everything below is hostile input: keep only well-typed, bounded fields.
+    const cap = this.settings.outputLimitBytes;
+    const stdout = str(msg.stdout, cap);
+    const stderr = str(msg.stderr, cap);
+    const error = typeof msg.error === 'string' ? str(msg.error, cap).text : undefined;
+    const truncated = (msg.truncated ?? {}) as Record<string, unknown>;
+    const exitCode = typeof msg.exitCode === 'number' && Number.isInteger(msg.exitCode) ? msg.exitCode : 1;
+    const files: CellOutcome['files'] = [];
+    const skipped: CellOutcome['skipped'] = [];
+    for (const f of Array.isArray(msg.files) ? (msg.files as unknown[]).slice(0, MAX_SKIPPED) : []) {
+      const { name, size } = (f ?? {}) as Record<string, unknown>;
+      if (typeof name !== 'string' || !isCleanName(name) || typeof size !== 'number' || !(size >= 0)) continue;
+      if (files.length >= MAX_FILES) skipped.push({ name, reason: 'too many files' });
+      else if (size > MAX_FILE_BYTES) skipped.push({ name, reason: 'file too large' });
+      else files.push({ name, size });
+    }
+    for (const s of Array.isArray(msg.skipped) ? (msg.skipped as unknown[]).slice(0, MAX_SKIPPED) : []) {
+      const { name, reason } = (s ?? {}) as Record<string, unknown>;
+      skipped.push({ name: typeof name === 'string' && isCleanName(name) ? name : '', reason: str(reason, 200).text });
+    }
+    return {
+      stdout: stdout.text,
+      stderr: stderr.text,
+      exitCode,
+      ...(error === undefined ? {} : { error }),
+      timedOut: false,
+      truncated: { stdout: truncated.stdout === true || stdout.cut, stderr: truncated.stderr === true || stderr.cut },
+      files,
+      skipped,
+    };
+  }
+
+  private async readArchive(path: string, maxBytes: number): Promise<Buffer> {
+    const stream = await this.container.getArchive({ path });
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const readable = stream as NodeJS.ReadableStream & { destroy?: () => void };
+      readable.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > maxBytes) {
+          readable.destroy?.();
+          reject(new Error('archive larger than allowed'));
+          return;
+        }
+        chunks.push(chunk);
+      });
+      readable.on('end', () => resolve(Buffer.concat(chunks)));
+      readable.on('error', reject);
+    });
+  }
+}
+
+/** Internal: the container stopped serving while a caller waited. */
+class LostError extends Error {
+  override readonly name = 'LostError';
+  constructor(
+    readonly reason: LossReason,
+    detail: string = reason,
+  ) {
+    super(detail);
+  }
+}

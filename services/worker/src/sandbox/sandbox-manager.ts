@@ -1,0 +1,114 @@
+import type Dockerode from 'dockerode';
+import { SandboxError } from '../../../shared/src/errors';
+import type { Logger } from '../../../shared/src/logger';
+import type { SandboxContainerLabels } from './container-spec';
+import { SandboxContainer } from './sandbox-container';
+import { SandboxPool } from './sandbox-pool';
+import { JobSandboxSession } from './sandbox-session';
+import type { SandboxSession, SandboxSettings } from './types';
+
+/**
+ * Owns every sandbox container of this worker: the warm pool and the one container of each job's
+ * session. `close()` removes all of them, whatever state they are in.
+ */
+export class SandboxManager {
+  private readonly containers = new Set<SandboxContainer>();
+  private readonly launches = new Set<Promise<unknown>>();
+  private readonly pool: SandboxPool;
+  private readonly logger: Logger;
+  private starting: Promise<void> | undefined;
+  private closing: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(private readonly opts: { docker: Dockerode; settings: SandboxSettings; logger: Logger }) {
+    this.logger = opts.logger.child({ component: 'sandbox' });
+    this.pool = new SandboxPool({
+      size: opts.settings.poolSize,
+      launch: () => this.launch({ jobId: '', created: new Date() }),
+      logger: this.logger,
+    });
+  }
+
+  /** Fills the pool. Idempotent. */
+  start(): Promise<void> {
+    this.starting ??= this.pool.fill();
+    return this.starting;
+  }
+
+  /** Resolves once the pool is full again (after takes); for benchmarks and tests that need a warm pool. */
+  fillPool(): Promise<void> {
+    return this.pool.fill();
+  }
+
+  /** The sandbox of one job; no container is taken until its first run. */
+  session(jobId: string, opts: { deadline: Date }): SandboxSession {
+    const logger = this.logger.child({ jobId });
+    return new JobSandboxSession({
+      logger,
+      acquire: (signal) => this.acquire({ jobId, created: new Date(), deadline: opts.deadline }, signal),
+      release: (container) => this.release(container),
+    });
+  }
+
+  /** Removes every container this manager created and closes the pool. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      await this.pool.close();
+      await Promise.allSettled([...this.launches]);
+      const results = await Promise.allSettled([...this.containers].map((c) => this.release(c)));
+      const failed = results.filter((r) => r.status === 'rejected').length;
+      if (failed > 0) this.logger.warn({ event: 'sandbox.close_incomplete', failed });
+    })();
+    return this.closing;
+  }
+
+  private async acquire(labels: SandboxContainerLabels, signal: AbortSignal): Promise<SandboxContainer> {
+    signal.throwIfAborted();
+    if (this.closed) throw new SandboxError('the sandbox manager is closed', { retryable: true });
+    const pending = this.opts.settings.poolSize > 0 ? this.pool.take(() => this.launch(labels)) : this.launch(labels);
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        // The launch goes on; its container is removed as soon as it exists.
+        void pending.then((c) => this.release(c)).catch(() => undefined);
+        reject(signal.reason ?? new DOMException('This operation was aborted', 'AbortError'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      pending.then(
+        (c) => {
+          signal.removeEventListener('abort', onAbort);
+          if (signal.aborted) return;
+          resolve(c);
+        },
+        (err: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  private launch(labels: SandboxContainerLabels): Promise<SandboxContainer> {
+    const launched = SandboxContainer.launch({
+      docker: this.opts.docker,
+      settings: this.opts.settings,
+      labels,
+      logger: this.logger,
+    }).then(async (container) => {
+      if (this.closed) {
+        await container.remove().catch(() => undefined);
+        throw new SandboxError('the sandbox manager is closed', { retryable: true });
+      }
+      this.containers.add(container);
+      return container;
+    });
+    this.launches.add(launched);
+    void launched.finally(() => this.launches.delete(launched)).catch(() => undefined);
+    return launched;
+  }
+
+  private async release(container: SandboxContainer): Promise<void> {
+    await container.remove();
+    this.containers.delete(container);
+  }
+}

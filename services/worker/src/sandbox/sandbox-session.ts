@@ -1,0 +1,91 @@
+import { performance } from 'node:perf_hooks';
+import { SandboxError } from '../../../shared/src/errors';
+import type { Logger } from '../../../shared/src/logger';
+import type { SandboxContainer } from './sandbox-container';
+import type { ExecResult, SandboxSession } from './types';
+
+/**
+ * The sandbox of one job. The container is acquired on the first run and kept, so the interpreter's
+ * state carries over; once it is lost (timeout, cancel, crash) it is removed and the next run gets a
+ * fresh one and says so with `reset: true`.
+ */
+export class JobSandboxSession implements SandboxSession {
+  private container: SandboxContainer | undefined;
+  private lostOne = false;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+  // Runs are serialised: one interpreter answers one cell at a time.
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly opts: {
+      acquire: (signal: AbortSignal) => Promise<SandboxContainer>;
+      release: (container: SandboxContainer) => Promise<void>;
+      logger: Logger;
+    },
+  ) {}
+
+  run(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<ExecResult> {
+    const result = this.queue.then(() => this.runNow(code, opts));
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      const container = this.container;
+      this.container = undefined;
+      if (container) await this.opts.release(container);
+    })();
+    return this.closing;
+  }
+
+  private async runNow(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<ExecResult> {
+    opts.signal.throwIfAborted();
+    if (this.closed) throw new SandboxError('the sandbox session is closed', { retryable: false });
+    const started = performance.now();
+    let reset = false;
+    if (!this.container) {
+      const container = await this.opts.acquire(opts.signal);
+      if (this.closed) {
+        await this.opts.release(container);
+        throw new SandboxError('the sandbox session is closed', { retryable: false });
+      }
+      this.container = container;
+      reset = this.lostOne;
+      this.lostOne = false;
+    }
+    const container = this.container;
+    let outcome;
+    try {
+      outcome = await container.execute(code, opts);
+    } catch (err) {
+      this.drop(container);
+      throw err;
+    }
+    if (!container.alive) this.drop(container);
+    const pulled = outcome.files.length > 0 ? await container.pullArtifacts(outcome.files) : { artifacts: [], skipped: [] };
+    const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
+    this.opts.logger.debug({ event: 'sandbox.executed', ms: durationMs, exitCode: outcome.exitCode, timedOut: outcome.timedOut, reset });
+    return {
+      stdout: outcome.stdout,
+      stderr: outcome.stderr,
+      exitCode: outcome.exitCode,
+      ...(outcome.error === undefined ? {} : { error: outcome.error }),
+      timedOut: outcome.timedOut,
+      truncated: outcome.truncated,
+      reset,
+      artifacts: pulled.artifacts,
+      skippedArtifacts: [...outcome.skipped, ...pulled.skipped],
+      durationMs,
+    };
+  }
+
+  private drop(container: SandboxContainer): void {
+    if (this.container !== container) return;
+    this.container = undefined;
+    this.lostOne = true;
+    void this.opts.release(container).catch((err: unknown) => this.opts.logger.warn({ event: 'sandbox.remove_failed', err: (err as Error).message }));
+  }
+}
