@@ -79,4 +79,19 @@ describe('the reaper', () => {
       await notOurs.remove({ force: true, v: true });
     }
   });
+
+  it("leaves another deployment's containers alone, even when their worker looks dead to this one", async () => {
+    const scoped = new Reaper({
+      docker,
+      logger: createLogger({ level: 'silent', service: 'reaper-test' }),
+      isWorkerAlive: async () => false,
+      isJobFinished: async () => true,
+      owns: (id) => id === liveWorker,
+    });
+    const theirs = await sandboxOf(deadWorker, { jobId: runningJob, created: new Date() });
+    const ours = await sandboxOf(liveWorker, { jobId: runningJob, created: new Date() });
+    await scoped.sweep();
+    expect(await exists(theirs)).toBe(true);
+    expect(await exists(ours)).toBe(false);
+  });
 });

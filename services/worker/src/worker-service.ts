@@ -80,6 +80,7 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     logger,
     isWorkerAlive: async (id) => id === workerId || (await redis.exists(workerHeartbeatKey(config.MAESTRO_PREFIX, id))) === 1,
     isJobFinished: (jobId) => store.isFinished(jobId),
+    owns: (id) => id.startsWith(`${config.MAESTRO_PREFIX}.`),
   });
   const sweep = (): void => {
     reaper.sweep().catch((err: unknown) => logger.warn({ event: 'reaper.failed', message: (err as Error).message }, 'reaper sweep failed'));

@@ -16,10 +16,19 @@ export class Reaper {
       logger: Logger;
       isWorkerAlive(workerId: string): Promise<boolean>;
       isJobFinished(jobId: string): Promise<boolean>;
+      /**
+       * Whether a worker id belongs to this deployment. Deployments (and test runs) sharing a Docker
+       * engine each judge only their own containers: another's heartbeats and jobs are not in our Redis.
+       */
+      owns?(workerId: string): boolean;
       now?: () => Date;
     },
   ) {
     this.now = opts.now ?? (() => new Date());
+  }
+
+  private owns(workerId: string): boolean {
+    return this.opts.owns ? this.opts.owns(workerId) : true;
   }
 
   /** One pass over all sandbox containers, running or not. Returns how many were removed. */
@@ -35,6 +44,7 @@ export class Reaper {
       const labels = info.Labels ?? {};
       // The engine filtered already; checked again so a wrong filter can never widen the sweep.
       if (labels[LABEL.role] !== SANDBOX_ROLE) continue;
+      if (!this.owns(labels[LABEL.worker] ?? '')) continue;
       const reason = await this.reasonToRemove(labels, workers, jobs);
       if (!reason) continue;
       try {
@@ -63,7 +73,7 @@ export class Reaper {
       filters: { label: [`${LABEL.role}=${SANDBOX_ROLE}`], dangling: ['true'] },
     });
     for (const volume of Volumes ?? []) {
-      if (volume.Labels?.[LABEL.role] !== SANDBOX_ROLE) continue;
+      if (volume.Labels?.[LABEL.role] !== SANDBOX_ROLE || !this.owns(volume.Labels[LABEL.worker] ?? '')) continue;
       await this.opts.docker
         .getVolume(volume.Name)
         .remove()
