@@ -112,5 +112,23 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     res.status(202).json(await store.getFor(caller, id));
   });
 
+  router.get('/:id/artifacts/*name', async (req, res) => {
+    const id = jobIdParam(req);
+    const segments = (req.params as { name?: string[] }).name ?? [];
+    const name = segments.join('/');
+    if (name.length === 0 || name.length > 1024) throw new NotFoundError('No such artifact.');
+    const artifact = await store.artifact(res.locals.caller as string, id, name);
+    if (!artifact) throw new NotFoundError('No such artifact.');
+    // Artifacts are made by untrusted code: never rendered as a page of this origin.
+    res.set({
+      'Content-Type': artifact.info.contentType,
+      'Content-Length': String(artifact.data.length),
+      'Content-Disposition': `attachment; filename*=UTF-8''${encodeURIComponent(name.split('/').pop() ?? 'artifact')}`,
+      'Content-Security-Policy': "default-src 'none'; sandbox",
+      'Cache-Control': 'private, max-age=0',
+    });
+    res.end(artifact.data);
+  });
+
   return router;
 }

@@ -1,0 +1,55 @@
+/** Files the code leaves in /output come back with the job and can be downloaded. */
+import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
+
+const code = (source: string): ScriptedReply => ({ toolCalls: [{ name: 'code_executor', arguments: { code: source } }] });
+let model: ModelServer;
+let stack: Stack;
+const script: Record<string, ScriptedReply[]> = {};
+
+beforeAll(async () => {
+  model = await startModelServer(scriptBySteps(script));
+  stack = await startStack(model);
+});
+afterAll(async () => {
+  await stack?.close();
+  await model?.close();
+});
+
+test('a job whose code saves a matplotlib chart returns it as a downloadable PNG', async () => {
+  script['draw a chart'] = [
+    code(
+      [
+        'import matplotlib.pyplot as plt',
+        'plt.plot([1, 2, 3], [1, 4, 9])',
+        "plt.title('squares')",
+        "plt.savefig('/output/chart.png')",
+        "print('saved')",
+      ].join('\n'),
+    ),
+    { text: 'Here is your chart.' },
+  ];
+  const job = await waitForJobEnd(stack, (await submitJob(stack, { task: 'draw a chart' })).id);
+  expect(job.status).toBe('succeeded');
+  expect(job.artifacts).toEqual([{ name: 'chart.png', size: expect.any(Number), contentType: 'image/png', step: expect.any(Number) }]);
+  const tool = job.steps.find((s) => s.type === 'tool');
+  expect(tool?.output).toMatch(/chart\.png/);
+
+  const res = await fetch(`${stack.api.url}/v1/jobs/${job.id}/artifacts/chart.png`);
+  expect(res.status).toBe(200);
+  expect(res.headers.get('content-type')).toBe('image/png');
+  expect(res.headers.get('content-disposition')).toMatch(/^attachment/);
+  const body = Buffer.from(await res.arrayBuffer());
+  expect(body.subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
+  expect(body.length).toBe(job.artifacts[0]?.size);
+});
+
+test('an artifact that does not exist is a 404 problem', async () => {
+  script['no files'] = [{ text: 'nothing to save' }];
+  const job = await waitForJobEnd(stack, (await submitJob(stack, { task: 'no files' })).id);
+  for (const path of ['chart.png', '..%2F..%2Fetc%2Fpasswd', 'a/b/c.txt']) {
+    const res = await fetch(`${stack.api.url}/v1/jobs/${job.id}/artifacts/${path}`);
+    expect(res.status).toBe(404);
+    expect(res.headers.get('content-type')).toMatch(/problem\+json/);
+  }
+});
