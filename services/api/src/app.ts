@@ -9,6 +9,7 @@ import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
 import { authenticate } from './auth';
 import { errorHandler, sendProblem } from './problem';
+import { rateLimit } from './rate-limit';
 import { jobsRouter } from './routes/jobs';
 
 export interface AppDeps {
@@ -43,6 +44,7 @@ export function createApp(deps: AppDeps): Express {
   });
 
   app.use('/v1', authenticate(config));
+  app.use('/v1', rateLimit({ redis, prefix: config.MAESTRO_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, logger }));
   app.use('/v1', express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
   app.use('/v1/jobs', jobsRouter(deps));
   app.use((_req, res) => {

@@ -71,6 +71,7 @@ export const configSchema = z.object({
   CORS_ORIGINS: list,
   BODY_LIMIT_KB: int(1, 10_240).default(256),
   RATE_LIMIT_PER_MINUTE: int(0, 1_000_000).default(600),
+  SSE_HEARTBEAT_MS: int(100, 300_000).default(15_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import {
   TERMINAL_STATUSES,
@@ -62,6 +63,19 @@ if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
 redis.call('HSET', KEYS[1], 'cancelRequested', '1')
 return st
 `;
+
+const CLAIM_IDEMPOTENCY_KEY = `
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[3])
+  return {'new', ARGV[2]}
+end
+local fp, id = string.match(v, '^(%S+) (%S+)$')
+if fp == ARGV[1] then return {'existing', id} end
+return {'conflict', id}
+`;
+
+export type IdempotencyClaim = { outcome: 'new' | 'existing' | 'conflict'; jobId: string };
 
 export type MarkRunningResult =
   | { outcome: 'started'; deadline: Date; attempts: number }
@@ -267,6 +281,33 @@ export class JobStore {
       EVENTS_MAXLEN,
     );
     return res === 1;
+  }
+
+  /**
+   * Claims `key` for the caller's request with body fingerprint `fingerprint`. The first claim wins
+   * atomically (so concurrent duplicates create one job); later claims learn its job id, or that the
+   * key was used for another body.
+   */
+  async claimIdempotencyKey(caller: string, key: string, fingerprint: string, newJobId: string, ttlSeconds: number): Promise<IdempotencyClaim> {
+    const [outcome, jobId] = (await this.redis.eval(
+      CLAIM_IDEMPOTENCY_KEY,
+      1,
+      this.idempotencyKey(caller, key),
+      fingerprint,
+      newJobId,
+      ttlSeconds,
+    )) as [IdempotencyClaim['outcome'], string];
+    return { outcome, jobId };
+  }
+
+  /** Frees a claim whose job could not be created, so a retry of the request can succeed. */
+  async releaseIdempotencyKey(caller: string, key: string): Promise<void> {
+    await this.redis.del(this.idempotencyKey(caller, key));
+  }
+
+  private idempotencyKey(caller: string, key: string): string {
+    // Hashed: the client's key may be long or odd, and the caller part must not collide with it.
+    return `${this.prefix}:idem:${createHash('sha256').update(caller).update('\0').update(key).digest('hex')}`;
   }
 
   /** Marks a cancel request; returns the status the job had, or null when there is no such job. */

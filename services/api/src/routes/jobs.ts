@@ -1,14 +1,16 @@
+import { createHash } from 'node:crypto';
 import { Router, type Request } from 'express';
 import type { Queue } from 'bullmq';
 import { z } from 'zod';
 import type { Config } from '../../../shared/src/config';
-import { AppError, ConflictError, NotFoundError } from '../../../shared/src/errors';
+import { AppError, ConflictError, NotFoundError, ValidationError } from '../../../shared/src/errors';
 import { JOB_ID_PATTERN, newJobId } from '../../../shared/src/ids';
-import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type JobSpec } from '../../../shared/src/job-schema';
+import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type JobSpec, type JobView } from '../../../shared/src/job-schema';
 import type { JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
 import { cancelChannel, type QueuedJobData } from '../../../shared/src/queue';
 import { parseOrThrow } from '../../../shared/src/validation';
+import { jobEventsHandler } from './job-events';
 import type { Redis } from 'ioredis';
 
 export interface JobsRouterDeps {
@@ -24,6 +26,39 @@ const listQuerySchema = z.strictObject({
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().regex(JOB_ID_PATTERN, 'must be a cursor returned by a previous page').optional(),
 });
+
+const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+
+/** `Idempotency-Key`: absent, or 1–255 visible ASCII characters. */
+function parseIdempotencyKey(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^[\x21-\x7e]{1,255}$/.test(raw)) {
+    throw new ValidationError('Invalid Idempotency-Key: use 1 to 255 visible ASCII characters.', [
+      { field: 'Idempotency-Key', message: 'must be 1 to 255 visible ASCII characters' },
+    ]);
+  }
+  return raw;
+}
+
+/** A digest of the request that does not depend on key order, so equal bodies match. */
+function fingerprint(body: unknown): string {
+  const canonical = (v: unknown): unknown =>
+    Array.isArray(v)
+      ? v.map(canonical)
+      : v !== null && typeof v === 'object'
+        ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical((v as Record<string, unknown>)[k])]))
+        : v;
+  return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex');
+}
+
+async function waitForJob(store: JobStore, caller: string, id: string, timeoutMs: number): Promise<JobView | null> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await store.getFor(caller, id);
+    if (job || Date.now() > deadline) return job;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
 
 function jobIdParam(req: Request): string {
   const id = req.params.id;
@@ -44,6 +79,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     if (!req.is('application/json')) {
       throw new AppError({ code: 'unsupported_media_type', status: 415, detail: 'Send the job as Content-Type: application/json.' });
     }
+    const idempotencyKey = parseIdempotencyKey(req.get('idempotency-key'));
     const body = parseOrThrow(requestSchema, req.body, 'job');
     const caller = res.locals.caller as string;
     const provider = body.provider ?? config.DEFAULT_PROVIDER;
@@ -58,7 +94,21 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       metadata: body.metadata ?? {},
       caller,
     };
-    const id = newJobId();
+    let id = newJobId();
+    if (idempotencyKey !== undefined) {
+      const claim = await store.claimIdempotencyKey(caller, idempotencyKey, fingerprint(body), id, IDEMPOTENCY_TTL_SECONDS);
+      if (claim.outcome === 'conflict') {
+        throw new ConflictError('This Idempotency-Key was already used with a different request body.', 'idempotency_key_reused');
+      }
+      if (claim.outcome === 'existing') {
+        id = claim.jobId;
+        // A concurrent duplicate may still be creating the job it claimed the key for.
+        const job = await waitForJob(store, caller, id, 5000);
+        if (!job) throw new AppError({ code: 'idempotency_pending', status: 409, detail: 'The first request with this Idempotency-Key has not finished; retry shortly.' });
+        res.status(200).location(`/v1/jobs/${id}`).json(job);
+        return;
+      }
+    }
     await store.create(id, spec, new Date());
     try {
       await queue.add('agent', { jobId: id }, {
@@ -72,6 +122,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       await store
         .finish(id, { status: 'failed', stopReason: 'error', error: { code: 'enqueue_failed', message: 'The job could not be queued.' } })
         .catch(() => undefined);
+      if (idempotencyKey !== undefined) await store.releaseIdempotencyKey(caller, idempotencyKey).catch(() => undefined);
       throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
     }
     logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model }, 'job created');
@@ -111,6 +162,8 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     logger.info({ event: 'job.cancel_requested', jobId: id, caller, status: before }, 'cancel requested');
     res.status(202).json(await store.getFor(caller, id));
   });
+
+  router.get('/:id/events', jobEventsHandler({ store, redis, logger, heartbeatMs: config.SSE_HEARTBEAT_MS, jobIdParam }));
 
   router.get('/:id/artifacts/*name', async (req, res) => {
     const id = jobIdParam(req);

@@ -1,0 +1,41 @@
+import type { RequestHandler } from 'express';
+import type { Redis } from 'ioredis';
+import type { Logger } from '../../shared/src/logger';
+import { sendProblem } from './problem';
+
+const WINDOW_S = 60;
+
+/**
+ * A fixed one-minute window per caller, counted in Redis so the limit holds across API replicas.
+ * Headers follow the IETF RateLimit draft (`RateLimit`, `RateLimit-Policy`), plus `Retry-After` on 429.
+ * `perMinute` 0 turns it off.
+ */
+export function rateLimit(opts: { redis: Redis; prefix: string; perMinute: number; logger: Logger }): RequestHandler {
+  const { redis, prefix, perMinute, logger } = opts;
+  if (perMinute === 0) return (_req, _res, next) => next();
+  return async (_req, res, next) => {
+    const caller = res.locals.caller as string;
+    const now = Date.now() / 1000;
+    const window = Math.floor(now / WINDOW_S);
+    const reset = Math.max(1, Math.ceil((window + 1) * WINDOW_S - now));
+    const key = `${prefix}:ratelimit:${window}:${encodeURIComponent(caller)}`;
+    let count: number;
+    try {
+      const result = await redis.multi().incr(key).expire(key, WINDOW_S + 1).exec();
+      count = Number(result?.[0]?.[1] ?? 0);
+    } catch (err) {
+      // Failing open: with Redis down the request fails on its own with a 503 anyway.
+      logger.warn({ event: 'ratelimit.unavailable', message: (err as Error).message }, 'rate limit unavailable');
+      next();
+      return;
+    }
+    res.set('RateLimit-Policy', `${perMinute};w=${WINDOW_S}`);
+    res.set('RateLimit', `limit=${perMinute}, remaining=${Math.max(0, perMinute - count)}, reset=${reset}`);
+    if (count > perMinute) {
+      res.set('Retry-After', String(reset));
+      sendProblem(res, 429, 'rate_limited', `Too many requests: at most ${perMinute} a minute. Retry after ${reset} s.`);
+      return;
+    }
+    next();
+  };
+}
