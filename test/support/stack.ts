@@ -133,18 +133,23 @@ export async function submitJob(stack: Pick<Stack, 'api'>, job: Record<string, u
   return res.body as JobView;
 }
 
-export async function getJob(stack: Pick<Stack, 'api'>, id: string): Promise<JobView> {
-  const res = await request(stack, 'GET', `/v1/jobs/${id}`);
+export async function getJob(stack: Pick<Stack, 'api'>, id: string, headers: Record<string, string> = {}): Promise<JobView> {
+  const res = await request(stack, 'GET', `/v1/jobs/${id}`, undefined, headers);
   if (res.status !== 200) throw new Error(`GET /v1/jobs/${id} answered ${res.status}`);
   return res.body as JobView;
 }
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
-export async function waitForJobEnd(stack: Pick<Stack, 'api'>, id: string, timeoutMs = 30_000): Promise<JobView> {
+export async function waitForJobEnd(
+  stack: Pick<Stack, 'api'>,
+  id: string,
+  timeoutMs = 30_000,
+  headers: Record<string, string> = {},
+): Promise<JobView> {
   return waitFor(
     async () => {
-      const job = await getJob(stack, id);
+      const job = await getJob(stack, id, headers);
       return TERMINAL.has(job.status) ? job : undefined;
     },
     { timeoutMs, what: `job ${id} to end` },
