@@ -9,6 +9,7 @@ import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
 import { authenticate } from './auth';
 import { errorHandler, sendProblem } from './problem';
+import { buildOpenApi, renderDocsPage } from './openapi';
 import { rateLimit } from './rate-limit';
 import { jobsRouter } from './routes/jobs';
 
@@ -41,6 +42,15 @@ export function createApp(deps: AppDeps): Express {
     } catch {
       sendProblem(res, 503, 'not_ready', 'Redis is unreachable.');
     }
+  });
+
+  const openapi = buildOpenApi(config);
+  const docsPage = renderDocsPage(openapi);
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openapi);
+  });
+  app.get('/docs', (_req, res) => {
+    res.type('html').send(docsPage);
   });
 
   app.use('/v1', authenticate(config));

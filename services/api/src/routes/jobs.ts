@@ -21,7 +21,7 @@ export interface JobsRouterDeps {
   logger: Logger;
 }
 
-const listQuerySchema = z.strictObject({
+export const listQuerySchema = z.strictObject({
   status: z.enum(JOB_STATUSES).optional(),
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().regex(JOB_ID_PATTERN, 'must be a cursor returned by a previous page').optional(),

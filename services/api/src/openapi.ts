@@ -1,0 +1,230 @@
+import { z } from 'zod';
+import type { Config } from '../../shared/src/config';
+import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES } from '../../shared/src/job-schema';
+import { listQuerySchema } from './routes/jobs';
+
+/*
+ * The OpenAPI 3.1 document. Request bodies and query parameters come from the very zod schemas that
+ * validate them (OpenAPI 3.1 speaks JSON Schema 2020-12, which zod emits); responses are described
+ * here in zod too, so one notation serves both.
+ */
+
+const usage = z.object({ inputTokens: z.number().int(), outputTokens: z.number().int() });
+const modelStep = z.object({
+  index: z.number().int(),
+  type: z.literal('model'),
+  startedAt: z.iso.datetime(),
+  durationMs: z.number(),
+  text: z.string(),
+  toolCalls: z.array(z.object({ id: z.string(), name: z.string(), arguments: z.string().describe('raw JSON text as the model sent it') })),
+  usage,
+  stopReason: z.string(),
+});
+const toolStep = z
+  .object({
+    index: z.number().int(),
+    type: z.literal('tool'),
+    startedAt: z.iso.datetime(),
+    durationMs: z.number(),
+    callId: z.string(),
+    name: z.string(),
+    input: z.unknown().describe('the arguments, parsed when they were valid JSON'),
+    output: z.string().describe('exactly the text the model was shown'),
+    isError: z.boolean(),
+    exitCode: z.number().int().optional(),
+    timedOut: z.boolean().optional(),
+    truncated: z.boolean().optional(),
+  })
+  .catchall(z.unknown());
+const artifact = z.object({ name: z.string(), size: z.number().int(), contentType: z.string(), step: z.number().int() });
+const jobSummary = z.object({
+  id: z.string(),
+  status: z.enum(JOB_STATUSES),
+  task: z.string(),
+  provider: z.string(),
+  model: z.string(),
+  system: z.string().optional(),
+  tools: z.array(z.enum(TOOL_NAMES)),
+  maxSteps: z.number().int(),
+  timeoutSeconds: z.number().int(),
+  metadata: z.record(z.string(), z.string()),
+  createdAt: z.iso.datetime(),
+  startedAt: z.iso.datetime().nullable(),
+  finishedAt: z.iso.datetime().nullable(),
+  attempts: z.number().int(),
+  stopReason: z.enum(['completed', 'max_steps', 'timeout', 'cancelled', 'error']).nullable(),
+  result: z.object({ output: z.string() }).nullable(),
+  error: z.object({ code: z.string(), message: z.string() }).nullable(),
+  usage,
+  artifacts: z.array(artifact),
+});
+const job = jobSummary.extend({ steps: z.array(z.discriminatedUnion('type', [modelStep, toolStep])) });
+const jobList = z.object({ jobs: z.array(jobSummary), nextCursor: z.string().nullable() });
+const problem = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int(),
+  detail: z.string(),
+  errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+  errorId: z.string().optional(),
+});
+
+const schema = (s: z.ZodType, io: 'input' | 'output' = 'output') => {
+  const out = z.toJSONSchema(s, { target: 'draft-2020-12', io, unrepresentable: 'any' }) as Record<string, unknown>;
+  delete out.$schema;
+  return out;
+};
+
+const problemResponse = (description: string) => ({
+  description,
+  content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
+});
+const jobId = { name: 'id', in: 'path', required: true, schema: { type: 'string', pattern: '^[0-9a-hjkmnp-tv-z]{26}$' } };
+const common = {
+  '401': problemResponse('Not authenticated (api-key and proxy modes).'),
+  '429': problemResponse('Rate limit exceeded; see Retry-After.'),
+};
+
+export function buildOpenApi(config: Config): Record<string, unknown> {
+  const request = createJobRequestSchema({ maxSteps: config.JOB_MAX_STEPS_LIMIT, maxTimeoutSeconds: config.JOB_MAX_TIMEOUT_SECONDS });
+  const query = schema(listQuerySchema, 'input') as { properties: Record<string, Record<string, unknown>> };
+  const security = config.AUTH_MODE === 'api-key' ? [{ bearer: [] }] : [];
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'Maestro',
+      version: '1',
+      description: 'Runs LLM agent jobs: submit a task, poll the job or stream its events until it ends.',
+    },
+    components: {
+      schemas: {
+        JobRequest: schema(request, 'input'),
+        Job: schema(job),
+        JobList: schema(jobList),
+        Problem: schema(problem),
+      },
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+    },
+    security,
+    paths: {
+      '/healthz': { get: { summary: 'Liveness', security: [], responses: { '200': { description: 'The process is up.' } } } },
+      '/readyz': {
+        get: {
+          summary: 'Readiness',
+          security: [],
+          responses: { '200': { description: 'Redis answers.' }, '503': problemResponse('Redis is unreachable.') },
+        },
+      },
+      '/openapi.json': { get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1 JSON.' } } } },
+      '/docs': { get: { summary: 'Human-readable API docs', security: [], responses: { '200': { description: 'HTML.' } } } },
+      '/v1/jobs': {
+        post: {
+          summary: 'Submit a job',
+          parameters: [
+            {
+              name: 'Idempotency-Key',
+              in: 'header',
+              required: false,
+              description: 'Same key and body from the same caller returns the first job (200); same key, other body: 409.',
+              schema: { type: 'string', minLength: 1, maxLength: 255 },
+            },
+          ],
+          requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/JobRequest' } } } },
+          responses: {
+            '202': { description: 'Queued.', headers: { Location: { schema: { type: 'string' } } }, content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
+            '200': { description: 'The job an earlier request with this Idempotency-Key created.', content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
+            '400': problemResponse('Invalid request; `errors` names each field.'),
+            '409': problemResponse('Idempotency-Key reused with another body.'),
+            '413': problemResponse('Body too large.'),
+            '415': problemResponse('Not application/json.'),
+            '503': problemResponse('The queue is unavailable.'),
+            ...common,
+          },
+        },
+        get: {
+          summary: "List the caller's jobs, newest first",
+          parameters: Object.entries(query.properties).map(([name, s]) => ({ name, in: 'query', required: false, schema: s })),
+          responses: {
+            '200': { description: 'A page of jobs (without steps).', content: { 'application/json': { schema: { $ref: '#/components/schemas/JobList' } } } },
+            '400': problemResponse('Invalid query.'),
+            ...common,
+          },
+        },
+      },
+      '/v1/jobs/{id}': {
+        get: {
+          summary: 'Get a job with its steps',
+          parameters: [jobId],
+          responses: {
+            '200': { description: 'The job.', content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
+            '404': problemResponse("No such job (or another caller's)."),
+            ...common,
+          },
+        },
+      },
+      '/v1/jobs/{id}/cancel': {
+        post: {
+          summary: 'Cancel a job',
+          description: 'A queued job is cancelled at once, a running one within a second; cancelled jobs are not retried.',
+          parameters: [jobId],
+          responses: {
+            '202': { description: 'Cancellation under way or done.', content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
+            '404': problemResponse('No such job.'),
+            '409': problemResponse('The job already succeeded or failed.'),
+            ...common,
+          },
+        },
+      },
+      '/v1/jobs/{id}/events': {
+        get: {
+          summary: "Stream the job's events (Server-Sent Events)",
+          description:
+            'Events `status` and `step`, each with an id; send `Last-Event-ID` to resume after it. Heartbeat comments keep the connection open; the stream ends after the terminal status.',
+          parameters: [jobId, { name: 'Last-Event-ID', in: 'header', required: false, schema: { type: 'string', pattern: '^\\d+-\\d+$' } }],
+          responses: {
+            '200': { description: 'An event stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
+            '400': problemResponse('Malformed Last-Event-ID.'),
+            '404': problemResponse('No such job.'),
+            ...common,
+          },
+        },
+      },
+      '/v1/jobs/{id}/artifacts/{name}': {
+        get: {
+          summary: 'Download a file the job produced',
+          parameters: [jobId, { name: 'name', in: 'path', required: true, description: 'As listed in the job\'s `artifacts`.', schema: { type: 'string' } }],
+          responses: {
+            '200': { description: 'The file, as an attachment, with its content type.', content: { 'application/octet-stream': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } } },
+            '404': problemResponse('No such job or artifact.'),
+            ...common,
+          },
+        },
+      },
+    },
+  };
+}
+
+const escape = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+/** A plain HTML rendering of the document: no scripts, so the strict default CSP holds. */
+export function renderDocsPage(doc: Record<string, unknown>): string {
+  const paths = doc.paths as Record<string, Record<string, { summary?: string; description?: string; parameters?: { name: string; in: string }[]; responses: Record<string, { description: string }> }>>;
+  const sections = Object.entries(paths)
+    .flatMap(([path, ops]) =>
+      Object.entries(ops).map(([method, op]) => {
+        const params = (op.parameters ?? []).map((p) => `<code>${escape(p.name)}</code> (${escape(p.in)})`).join(', ');
+        const responses = Object.entries(op.responses)
+          .map(([code, r]) => `<li><code>${escape(code)}</code> ${escape(r.description)}</li>`)
+          .join('');
+        return `<section><h2><code>${method.toUpperCase()} ${escape(path)}</code></h2><p>${escape(op.summary ?? '')}</p>${
+          op.description ? `<p>${escape(op.description)}</p>` : ''
+        }${params ? `<p>Parameters: ${params}</p>` : ''}<ul>${responses}</ul></section>`;
+      }),
+    )
+    .join('\n');
+  const request = JSON.stringify((doc.components as { schemas: Record<string, unknown> }).schemas.JobRequest, null, 2);
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Maestro API</title></head><body>
+<h1>Maestro API v1</h1><p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1). Errors are <code>application/problem+json</code>.</p>
+${sections}
+<h2>Job request schema</h2><pre>${escape(request)}</pre></body></html>`;
+}
