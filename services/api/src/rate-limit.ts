@@ -4,6 +4,12 @@ import type { Logger } from '../../shared/src/logger';
 import { sendProblem } from './problem';
 
 const WINDOW_S = 60;
+// One round trip on the hot path: count, and start the window's expiry with its first request.
+const COUNT = `
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+`;
 
 /**
  * A fixed one-minute window per caller, counted in Redis so the limit holds across API replicas.
@@ -21,8 +27,7 @@ export function rateLimit(opts: { redis: Redis; prefix: string; perMinute: numbe
     const key = `${prefix}:ratelimit:${window}:${encodeURIComponent(caller)}`;
     let count: number;
     try {
-      const result = await redis.multi().incr(key).expire(key, WINDOW_S + 1).exec();
-      count = Number(result?.[0]?.[1] ?? 0);
+      count = Number(await redis.eval(COUNT, 1, key, WINDOW_S + 1));
     } catch (err) {
       // Failing open: with Redis down the request fails on its own with a 503 anyway.
       logger.warn({ event: 'ratelimit.unavailable', message: (err as Error).message }, 'rate limit unavailable');

@@ -30,11 +30,11 @@ if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return {2} end
 redis.call('HSET', KEYS[1], 'status', 'running')
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if not redis.call('HGET', KEYS[1], 'startedAt') then
-  redis.call('HSET', KEYS[1], 'startedAt', ARGV[1], 'deadline', ARGV[2])
+  local deadline = tonumber(ARGV[1]) + tonumber(redis.call('HGET', KEYS[1], 'timeoutSeconds')) * 1000
+  redis.call('HSET', KEYS[1], 'startedAt', ARGV[2], 'deadlineMs', tostring(deadline))
 end
-local deadline = redis.call('HGET', KEYS[1], 'deadline')
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'data', ARGV[3])
-return {1, deadline, attempts}
+return {1, redis.call('HGET', KEYS[1], 'deadlineMs'), attempts, redis.call('HGET', KEYS[1], 'spec')}
 `;
 
 const REQUEUE = `
@@ -78,7 +78,7 @@ return {'conflict', id}
 export type IdempotencyClaim = { outcome: 'new' | 'existing' | 'conflict'; jobId: string };
 
 export type MarkRunningResult =
-  | { outcome: 'started'; deadline: Date; attempts: number }
+  | { outcome: 'started'; spec: JobSpec; deadline: Date; attempts: number }
   | { outcome: 'missing' | 'finished' | 'cancel-requested' };
 
 /**
@@ -97,7 +97,9 @@ export class JobStore {
   }
 
   private callerKey(caller: string): string {
-    return `${this.prefix}:jobs:${encodeURIComponent(caller)}`;
+    // Not under `${prefix}:jobs:`, which is BullMQ's (the queue is named `jobs`): a caller named
+    // `wait` must not land on the queue's own keys.
+    return `${this.prefix}:caller:${encodeURIComponent(caller)}:jobs`;
   }
 
   /** Every key of a job, so that finishing can set one expiry on all of them. */
@@ -105,26 +107,25 @@ export class JobStore {
     return [this.key(id), this.key(id, 'events'), this.key(id, 'steps'), this.key(id, 'checkpoint'), this.key(id, 'artifacts')];
   }
 
-  async create(id: string, spec: JobSpec, createdAt: Date): Promise<void> {
+  /** Records a new queued job and returns it as the API shows it. */
+  async create(id: string, spec: JobSpec, createdAt: Date): Promise<JobView> {
+    const hash = {
+      spec: JSON.stringify(spec),
+      caller: spec.caller,
+      status: 'queued',
+      createdAt: createdAt.toISOString(),
+      timeoutSeconds: String(spec.timeoutSeconds),
+      attempts: '0',
+      inputTokens: '0',
+      outputTokens: '0',
+    };
     await this.redis
       .multi()
-      .hset(this.key(id), {
-        spec: JSON.stringify(spec),
-        caller: spec.caller,
-        status: 'queued',
-        createdAt: createdAt.toISOString(),
-        attempts: '0',
-        inputTokens: '0',
-        outputTokens: '0',
-      })
+      .hset(this.key(id), hash)
       .zadd(this.callerKey(spec.caller), 0, id)
       .xadd(this.key(id, 'events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', 'status', 'data', JSON.stringify({ status: 'queued' }))
       .exec();
-  }
-
-  async spec(id: string): Promise<JobSpec | null> {
-    const raw = await this.redis.hget(this.key(id), 'spec');
-    return raw === null ? null : (JSON.parse(raw) as JobSpec);
+    return toView(id, hash, [], []);
   }
 
   async status(id: string): Promise<JobStatus | null> {
@@ -187,22 +188,25 @@ export class JobStore {
     return { jobs, nextCursor: from.slice(1) };
   }
 
-  /** Moves a job to running (once per attempt) and fixes its deadline on the first attempt. */
-  async markRunning(id: string, now: Date, timeoutSeconds: number): Promise<MarkRunningResult> {
+  /**
+   * Moves a job to running (once per attempt), fixes its deadline on the first attempt, and returns
+   * its spec — one round trip before the work starts.
+   */
+  async markRunning(id: string, now: Date): Promise<MarkRunningResult> {
     const res = (await this.redis.eval(
       MARK_RUNNING,
       2,
       this.key(id),
       this.key(id, 'events'),
+      now.getTime(),
       now.toISOString(),
-      new Date(now.getTime() + timeoutSeconds * 1000).toISOString(),
       JSON.stringify({ status: 'running' }),
       EVENTS_MAXLEN,
-    )) as [number, string?, number?];
+    )) as [number, string?, number?, string?];
     if (res[0] === -1) return { outcome: 'missing' };
     if (res[0] === 0) return { outcome: 'finished' };
     if (res[0] === 2) return { outcome: 'cancel-requested' };
-    return { outcome: 'started', deadline: new Date(String(res[1])), attempts: Number(res[2]) };
+    return { outcome: 'started', deadline: new Date(Number(res[1])), attempts: Number(res[2]), spec: JSON.parse(String(res[3])) as JobSpec };
   }
 
   /** A running job goes back to queued while it waits for a retry. */

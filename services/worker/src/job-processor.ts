@@ -61,19 +61,18 @@ export class JobProcessor {
     // Registered before the status check so a cancel published in between is not missed.
     this.running.set(jobId, controller);
     try {
-      const spec = await store.spec(jobId);
-      if (!spec) {
+      const started = await store.markRunning(jobId, new Date());
+      if (started.outcome === 'missing') {
         logger.warn({ event: 'job.missing' }, 'job record missing; dropping');
         return;
       }
-      const started = await store.markRunning(jobId, new Date(), spec.timeoutSeconds);
       if (started.outcome === 'cancel-requested') {
         await store.finish(jobId, { status: 'cancelled', stopReason: 'cancelled', error: { code: 'cancelled', message: 'Cancelled before it started.' } });
         return;
       }
       if (started.outcome !== 'started') return;
       logger.info({ event: 'job.started', attempt: started.attempts }, 'job started');
-      await this.run(jobId, spec, started.deadline, controller, job, logger);
+      await this.run(jobId, started.spec, started.deadline, controller, job, logger);
     } finally {
       this.running.delete(jobId);
     }

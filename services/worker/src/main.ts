@@ -1,11 +1,14 @@
 import { ConfigError, loadConfig } from '../../shared/src/config';
+import { startHealthFile } from './health-file';
 import { startWorker } from './worker-service';
 
 async function main(): Promise<void> {
-  const worker = await startWorker(loadConfig(process.env));
+  const config = loadConfig(process.env);
+  const worker = await startWorker(config);
+  const health = startHealthFile(config, worker.workerId);
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {
-      void worker.close().then(() => process.exit(0));
+      void Promise.all([health.close(), worker.close()]).then(() => process.exit(0));
     });
   }
 }

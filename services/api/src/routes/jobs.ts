@@ -109,7 +109,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
         return;
       }
     }
-    await store.create(id, spec, new Date());
+    const created = await store.create(id, spec, new Date());
     try {
       await queue.add('agent', { jobId: id }, {
         jobId: id,
@@ -126,8 +126,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
     }
     logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model }, 'job created');
-    const job = await store.getFor(caller, id);
-    res.status(202).location(`/v1/jobs/${id}`).json(job);
+    res.status(202).location(`/v1/jobs/${id}`).json(created);
   });
 
   router.get('/', async (req, res) => {
