@@ -1,0 +1,28 @@
+# One image for the api and the worker; the compose `command` picks which one runs.
+# The base is an ARG whose default is the official image; CI machines, which reach no container
+# registry, pass a local stand-in (see .ci/run).
+ARG NODE_IMAGE=node:22-bookworm-slim
+
+# ---- build: dev dependencies and the TypeScript compiler ------------------------------------
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+# Only the services: the image runs the api or the worker directly, not `npm start`'s launcher.
+COPY services ./services
+RUN npm run build
+
+# ---- runtime: production dependencies and the compiled JavaScript only ---------------------
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund \
+ && npm cache clean --force
+COPY --from=build /app/dist ./dist
+LABEL org.opencontainers.image.title="maestro"
+# Numeric, so orchestrators that insist on a non-root uid (runAsNonRoot) can verify it; uid 1000 is
+# the `node` user of the official Node images. Nothing under /app is writable by it.
+USER 1000:1000
+CMD ["node", "dist/services/api/src/main.js"]
