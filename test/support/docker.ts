@@ -5,8 +5,21 @@ export const docker = new Docker();
 /** Label every container and image a test run creates carries, so teardown can find them all. */
 export const TEST_LABEL = 'maestro.test';
 
-/** Every MAESTRO_PREFIX (and so every worker id and sandbox label) a test uses starts with this. */
-export const TEST_PREFIX = 'mt-';
+/**
+ * This jest run's id, set by global setup and inherited by the test workers, so that a run cleans up
+ * only what it made, even with another run going on the same Docker engine.
+ */
+export function testRun(): string {
+  return process.env.MAESTRO_TEST_RUN ?? 'adhoc';
+}
+
+/** What every MAESTRO_PREFIX (and so every worker id and sandbox label) of this run starts with. */
+export function testPrefix(): string {
+  return `mt-${testRun()}-`;
+}
+
+/** testPrefix() as the test files see it (their workers start after global setup set the run id). */
+export const TEST_PREFIX = testPrefix();
 
 export function sandboxImage(): string {
   return process.env.SANDBOX_IMAGE ?? 'maestro-sandbox:latest';

@@ -4,12 +4,14 @@
  * builds the sandbox image when it is missing. global-teardown.ts removes what this started.
  */
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { docker, sandboxImage, TEST_LABEL } from './docker';
+import { docker, sandboxImage, TEST_LABEL, testRun } from './docker';
 import { waitFor } from './wait-for';
 
 export default async function globalSetup(): Promise<void> {
+  process.env.MAESTRO_TEST_RUN ??= randomBytes(3).toString('hex');
   await docker.ping().catch(() => {
     throw new Error('The test suite needs a running Docker engine (see README: Testing).');
   });
@@ -31,7 +33,7 @@ export default async function globalSetup(): Promise<void> {
     const container = await docker.createContainer({
       Image: redisImage,
       Cmd: ['redis-server', '--save', '', '--appendonly', 'no'],
-      Labels: { [TEST_LABEL]: 'redis' },
+      Labels: { [TEST_LABEL]: testRun(), 'maestro.role': 'test-redis' },
       HostConfig: { PortBindings: { '6379/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }] }, AutoRemove: false },
       ExposedPorts: { '6379/tcp': {} },
     });

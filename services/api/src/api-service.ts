@@ -34,6 +34,29 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   const app = createApp({ config, store, queue, redis, logger });
 
   const server = app.listen(config.PORT, config.HOST);
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    // Requests Node's parser refuses (bad header bytes, oversized headers) never reach Express: they
+    // still get a problem document, not a bare status line.
+    // A response already under way on this socket (the parser failed on what followed it) must not
+    // get a second one appended: Node's own handler makes the same check.
+    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+    if (!socket.writable || inFlight || err.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = err.code === 'HPE_HEADER_OVERFLOW';
+    const status = tooLarge ? 431 : 400;
+    const body = JSON.stringify({
+      type: `urn:maestro:problem:${tooLarge ? 'headers_too_large' : 'malformed_request'}`,
+      title: tooLarge ? 'Request Header Fields Too Large' : 'Bad Request',
+      status,
+      detail: tooLarge ? 'The request headers are too large.' : 'The request is not valid HTTP.',
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${tooLarge ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
+        `Content-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  });
   await once(server, 'listening');
   const { address, port } = server.address() as AddressInfo;
   logger.info({ event: 'api.listening', address, port, authMode: config.AUTH_MODE }, `listening on ${address}:${port}`);

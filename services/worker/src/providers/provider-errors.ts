@@ -114,13 +114,32 @@ function providerMessage(body: unknown): string | undefined {
   return providerMessage(record.error);
 }
 
+/** Shortest run of a secret's characters that counts as a leak of it. */
+const SECRET_RUN = 6;
+// Masked keys (`sk-abcd****wxyz`), key-shaped tokens and long opaque runs: a provider or a compatible
+// server may echo a key whole, masked or in part, and it need not be ours to be worth hiding.
+const CREDENTIAL_LIKE = /\*{3,}|^["'(]?(sk|pk|rk|key|sess|tok)[-_][\w-]{6,}|[\w-]{24,}/i;
+
+/**
+ * A provider message made safe to record: every whitespace-separated token that contains six or
+ * more consecutive characters of a secret, or looks like a credential, becomes `[redacted]`.
+ */
 function quote(message: string | undefined, secrets: readonly string[]): string | undefined {
   if (message === undefined) return undefined;
-  let safe = message;
+  const runs = new Set<string>();
   for (const secret of secrets) {
-    if (secret.length > 0) safe = safe.split(secret).join('[redacted]');
+    for (let i = 0; i + SECRET_RUN <= secret.length; i++) runs.add(secret.slice(i, i + SECRET_RUN));
   }
-  safe = safe.replace(/\s+/g, ' ').trim();
+  const leaks = (token: string): boolean => {
+    if (CREDENTIAL_LIKE.test(token)) return true;
+    for (let i = 0; i + SECRET_RUN <= token.length; i++) if (runs.has(token.slice(i, i + SECRET_RUN))) return true;
+    return false;
+  };
+  const safe = message
+    .split(/\s+/)
+    .filter((token) => token.length > 0)
+    .map((token) => (leaks(token) ? '[redacted]' : token))
+    .join(' ');
   if (safe.length === 0) return undefined;
   return safe.length > MAX_MESSAGE_CHARS ? `${safe.slice(0, MAX_MESSAGE_CHARS)}…` : safe;
 }
