@@ -1,10 +1,10 @@
 import { rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import Docker from 'dockerode';
 import type { Config } from '../../shared/src/config';
 import { workerHeartbeatKey } from '../../shared/src/queue';
 import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
+import { dockerClient } from './sandbox/docker-client';
 
 /** The file a container health check reads: fresh means healthy (docker-compose.yml checks its age). */
 export const WORKER_HEALTH_FILE = join(tmpdir(), 'maestro-worker.health');
@@ -21,13 +21,7 @@ export function startHealthFile(config: Config, workerId: string, path = WORKER_
   // Own connections, so a check never queues behind the worker's blocking BullMQ commands.
   const redis = createWorkerRedis(config.REDIS_URL, { maxRetriesPerRequest: 1 });
   redis.on('error', () => undefined); // a stale file is the report; the worker logs Redis trouble itself
-  const host = config.DOCKER_HOST ? new URL(config.DOCKER_HOST) : undefined;
-  const docker =
-    host === undefined
-      ? new Docker()
-      : host.protocol === 'unix:'
-        ? new Docker({ socketPath: host.pathname })
-        : new Docker({ host: host.hostname, port: Number(host.port || 2375), protocol: host.protocol === 'https:' ? 'https' : 'http' });
+  const docker = dockerClient(config.DOCKER_HOST);
 
   const check = async (): Promise<void> => {
     const [beating] = await Promise.all([redis.exists(workerHeartbeatKey(config.MAESTRO_PREFIX, workerId)), docker.ping()]);

@@ -1,7 +1,6 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'bullmq';
-import Docker from 'dockerode';
 import type { Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
@@ -10,6 +9,7 @@ import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
 import { JobProcessor } from './job-processor';
 import { createProvider } from './providers';
 import type { ModelProvider } from './providers/model-provider';
+import { dockerClient } from './sandbox/docker-client';
 import { Reaper } from './sandbox/reaper';
 import { SandboxManager } from './sandbox/sandbox-manager';
 import { ALL_TOOLS } from './tools/registry';
@@ -18,12 +18,6 @@ import { resolveAllowedDirs } from './tools/path-guard';
 const HEARTBEAT_TTL_S = 15;
 const HEARTBEAT_EVERY_MS = 5000;
 
-function dockerFrom(config: Config): Docker {
-  if (!config.DOCKER_HOST) return new Docker();
-  const url = new URL(config.DOCKER_HOST);
-  if (url.protocol === 'unix:') return new Docker({ socketPath: url.pathname });
-  return new Docker({ host: url.hostname, port: Number(url.port || 2375), protocol: url.protocol === 'https:' ? 'https' : 'http' });
-}
 
 export interface RunningWorker {
   workerId: string;
@@ -44,7 +38,7 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     conn.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
   }
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
-  const docker = dockerFrom(config);
+  const docker = dockerClient(config.DOCKER_HOST);
   await docker.ping().catch((err: unknown) => {
     throw new Error(`the Docker engine is unreachable (${(err as Error).message})`);
   });
