@@ -9,12 +9,11 @@
  */
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer as createTcpServer } from 'node:net';
-import { startModelServer, type ScriptedReply, type ScriptedRequest } from '../support/model-server';
+import { codeCall, startModelServer, type ScriptedReply, type ScriptedRequest } from '../support/model-server';
 
 const MODEL_PORT = 8080;
 const CONTROL_PORT = 8081;
 
-const code = (source: string): ScriptedReply => ({ toolCalls: [{ name: 'code_executor', arguments: { code: source } }] });
 /** The last line the latest tool printed (the worker frames a result with headers such as `stdout:`). */
 const lastOutput = (req: ScriptedRequest): string =>
   (req.toolResults.at(-1)?.content ?? '')
@@ -29,11 +28,11 @@ function script(req: ScriptedRequest): ScriptedReply {
   if (req.step > 0) return { text: kind === 'e2e:square' ? `The answer is ${lastOutput(req)}.` : `done: ${lastOutput(req)}` };
   switch (kind) {
     case 'e2e:interfaces':
-      return code("import socket\nprint('interfaces=' + ','.join(sorted(n for _, n in socket.if_nameindex())))");
+      return codeCall("import socket\nprint('interfaces=' + ','.join(sorted(n for _, n in socket.if_nameindex())))");
     case 'e2e:square':
-      return code(`print(${Number(args[0])} ** 2)`);
+      return codeCall(`print(${Number(args[0])} ** 2)`);
     case 'e2e:sleep':
-      return code(`import time\ntime.sleep(${Number(args[0])})\nprint('slept')`);
+      return codeCall(`import time\ntime.sleep(${Number(args[0])})\nprint('slept')`);
     case 'e2e:files': {
       const [inside, outside] = args as [string, string];
       const probe = [

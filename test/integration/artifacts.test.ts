@@ -1,8 +1,7 @@
 /** Files the code leaves in /output come back with the job and can be downloaded. */
-import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 
-const code = (source: string): ScriptedReply => ({ toolCalls: [{ name: 'code_executor', arguments: { code: source } }] });
 let model: ModelServer;
 let stack: Stack;
 const script: Record<string, ScriptedReply[]> = {};
@@ -18,7 +17,7 @@ afterAll(async () => {
 
 test('a job whose code saves a matplotlib chart returns it as a downloadable PNG', async () => {
   script['draw a chart'] = [
-    code(
+    codeCall(
       [
         'import matplotlib.pyplot as plt',
         'plt.plot([1, 2, 3], [1, 4, 9])',

@@ -1,9 +1,8 @@
 /** Live job events over Server-Sent Events, resumable with Last-Event-ID. */
-import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { readSse, type SseEvent } from '../support/sse';
 import { startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 
-const code = (source: string, delayMs = 0): ScriptedReply => ({ toolCalls: [{ name: 'code_executor', arguments: { code: source } }], delayMs });
 let model: ModelServer;
 let stack: Stack;
 const script: Record<string, ScriptedReply[]> = {};
@@ -21,7 +20,7 @@ const ids = (events: SseEvent[]) => events.map((e) => e.id);
 const statusOf = (e: SseEvent | undefined) => (e ? (JSON.parse(e.data) as { status?: string }).status : undefined);
 
 test('a client that disconnects mid-job and reconnects with Last-Event-ID gets every event exactly once, in order, through the end', async () => {
-  script['stream me'] = [code("print('one')", 300), code("print('two')", 300), { text: 'streamed', delayMs: 300 }];
+  script['stream me'] = [codeCall("print('one')", { delayMs: 300 }), codeCall("print('two')", { delayMs: 300 }), { text: 'streamed', delayMs: 300 }];
   const job = await submitJob(stack, { task: 'stream me' });
   const url = `${stack.api.url}/v1/jobs/${job.id}/events`;
 

@@ -5,11 +5,10 @@ import type { ToolStep } from '../../services/shared/src/job-schema';
 import { Queue } from 'bullmq';
 import { JOBS_QUEUE } from '../../services/shared/src/queue';
 import { CONTAINER_ID_CODE, docker } from '../support/docker';
-import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { getJob, request, startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 import { waitFor } from '../support/wait-for';
 
-const code = (source: string): ScriptedReply => ({ toolCalls: [{ name: 'code_executor', arguments: { code: source } }] });
 
 let model: ModelServer;
 const script: Record<string, ScriptedReply[]> = {};
@@ -51,7 +50,7 @@ describe('cancel', () => {
 
   test('a running job with a model request in flight is cancelled within a second, not retried, and its container is gone', async () => {
     if (stack.workers.length === 0) await stack.startWorker();
-    script['slow thinker'] = [code(CONTAINER_ID_CODE), { hang: true }];
+    script['slow thinker'] = [codeCall(CONTAINER_ID_CODE), { hang: true }];
     const job = await submitJob(stack, { task: 'slow thinker' });
     await waitFor(() => model.requests.some((r) => r.task === 'slow thinker' && r.step === 1), { what: 'the hanging model call' });
     expect((await getJob(stack, job.id)).status).toBe('running');
@@ -85,7 +84,7 @@ describe('cancel', () => {
 test('a worker killed with SIGKILL mid-job is replaced and the job resumes from its checkpoint', async () => {
   const task = 'survive a crash';
   let crashed = false;
-  script[task] = [code("print('step one ran')"), { hang: true }];
+  script[task] = [codeCall("print('step one ran')"), { hang: true }];
   const stack = await startStack(model, { workers: 0, env: { WORKER_LOCK_MS: '2000' } });
   let child: ChildProcess | undefined;
   try {
@@ -97,7 +96,7 @@ test('a worker killed with SIGKILL mid-job is replaced and the job resumes from 
     await waitFor(() => model.requests.some((r) => r.task === task && r.step === 1), { timeoutMs: 30_000, what: 'step 1 in flight' });
     child.kill('SIGKILL');
     crashed = true;
-    script[task] = [code("print('step one ran')"), { text: 'finished after the crash' }];
+    script[task] = [codeCall("print('step one ran')"), { text: 'finished after the crash' }];
     await stack.startWorker();
 
     const ended = await waitForJobEnd(stack, job.id, 30_000);

@@ -8,10 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ToolStep } from '../../services/shared/src/job-schema';
 import { CONTAINER_ID_CODE, docker } from '../support/docker';
-import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 
-const code = (source: string): ScriptedReply => ({ toolCalls: [{ name: 'code_executor', arguments: { code: source } }] });
 const done = (text: string): ScriptedReply => ({ text });
 
 let model: ModelServer;
@@ -52,7 +51,7 @@ const toolSteps = (steps: { type: string }[]): ToolStep[] => steps.filter((s): s
 describe.each(['openai', 'anthropic'] as const)('with %s', (provider) => {
   test('a job whose model runs code succeeds with the model step, the tool output, the answer and usage', async () => {
     const task = `sum with ${provider}`;
-    script[task] = [code('print(sum(range(101)))'), done('The sum is 5050.')];
+    script[task] = [codeCall('print(sum(range(101)))'), done('The sum is 5050.')];
     const job = await waitForJobEnd(stack, (await submitJob(stack, { task, provider })).id);
 
     expect(job.status).toBe('succeeded');
@@ -70,7 +69,7 @@ describe.each(['openai', 'anthropic'] as const)('with %s', (provider) => {
 });
 
 test('two code_executor calls in one job share interpreter state', async () => {
-  script['notebook state'] = [code('x = 41'), code('print(x + 1)'), done('42')];
+  script['notebook state'] = [codeCall('x = 41'), codeCall('print(x + 1)'), done('42')];
   const job = await waitForJobEnd(stack, (await submitJob(stack, { task: 'notebook state' })).id);
   expect(job.status).toBe('succeeded');
   const [, second] = toolSteps(job.steps);
@@ -80,7 +79,7 @@ test('two code_executor calls in one job share interpreter state', async () => {
 
 test('two jobs never share a container, and no container of a job remains after it ends', async () => {
   // Docker bind-mounts /etc/hostname from the container's own directory, whose name is its id.
-  const hostnameCode = code(CONTAINER_ID_CODE);
+  const hostnameCode = codeCall(CONTAINER_ID_CODE);
   script['whoami one'] = [hostnameCode, done('one')];
   script['whoami two'] = [hostnameCode, done('two')];
   const [a, b] = await Promise.all([submitJob(stack, { task: 'whoami one' }), submitJob(stack, { task: 'whoami two' })]);
@@ -115,7 +114,7 @@ test('an unknown tool and malformed arguments become error results and the job g
 });
 
 test('a model that never stops calling tools makes exactly maxSteps calls and fails with max_steps, unretried', async () => {
-  script['endless tools'] = [code('print("again")')];
+  script['endless tools'] = [codeCall('print("again")')];
   const job = await waitForJobEnd(stack, (await submitJob(stack, { task: 'endless tools', maxSteps: 3 })).id);
   expect(job.status).toBe('failed');
   expect(job.stopReason).toBe('max_steps');
@@ -126,7 +125,7 @@ test('a model that never stops calling tools makes exactly maxSteps calls and fa
 });
 
 test('code that loops forever is killed at the time limit, the model is told, and the job goes on', async () => {
-  script['forever'] = [code('while True: pass'), code('print("alive again")'), done('survived')];
+  script['forever'] = [codeCall('while True: pass'), codeCall('print("alive again")'), done('survived')];
   const started = Date.now();
   const job = await waitForJobEnd(stack, (await submitJob(stack, { task: 'forever' })).id);
   expect(job.status).toBe('succeeded');
@@ -142,7 +141,7 @@ test('code that loops forever is killed at the time limit, the model is told, an
 
 test('code that opens a network connection fails inside the container', async () => {
   script['phone home'] = [
-    code(
+    codeCall(
       [
         'import socket',
         'try:',

@@ -2,11 +2,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { docker } from '../support/docker';
-import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { getJob, startStack, submitJob, waitForJobEnd } from '../support/stack';
 import { waitFor } from '../support/wait-for';
 
-const code = (source: string): ScriptedReply => ({ toolCalls: [{ name: 'code_executor', arguments: { code: source } }] });
 let model: ModelServer;
 const script: Record<string, ScriptedReply[]> = {};
 
@@ -25,7 +24,7 @@ async function sandboxesOf(workerPrefix: string): Promise<string[]> {
 
 test('a worker stopped with SIGTERM hands its running job back and removes all its containers', async () => {
   const task = 'interrupted politely';
-  script[task] = [code("print('before the stop')"), { hang: true }];
+  script[task] = [codeCall("print('before the stop')"), { hang: true }];
   const stack = await startStack(model, { env: { WORKER_SHUTDOWN_GRACE_MS: '500', SANDBOX_POOL_SIZE: '2' } });
   try {
     const [worker] = stack.workers;
@@ -38,7 +37,7 @@ test('a worker stopped with SIGTERM hands its running job back and removes all i
     const handedBack = await getJob(stack, job.id);
     expect(handedBack.status).toBe('queued');
 
-    script[task] = [code("print('before the stop')"), { text: 'done on the next worker' }];
+    script[task] = [codeCall("print('before the stop')"), { text: 'done on the next worker' }];
     await stack.startWorker();
     const ended = await waitForJobEnd(stack, job.id, 30_000);
     expect(ended).toMatchObject({ status: 'succeeded', attempts: 2, result: { output: 'done on the next worker' } });
@@ -49,8 +48,8 @@ test('a worker stopped with SIGTERM hands its running job back and removes all i
 }, 60_000);
 
 test("a worker killed with SIGKILL leaves containers that a new worker's reaper removes within 30 s", async () => {
-  script['crash with a sandbox 1'] = [code("print('one')"), { hang: true }];
-  script['crash with a sandbox 2'] = [code("print('two')"), { hang: true }];
+  script['crash with a sandbox 1'] = [codeCall("print('one')"), { hang: true }];
+  script['crash with a sandbox 2'] = [codeCall("print('two')"), { hang: true }];
   const stack = await startStack(model, {
     workers: 0,
     env: { REAPER_INTERVAL_MS: '2000', SANDBOX_POOL_SIZE: '2', WORKER_SHUTDOWN_GRACE_MS: '500' },

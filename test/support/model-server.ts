@@ -96,6 +96,11 @@ const defaultScript: Script = () => ({ text: 'ok' });
  * conversation outgrows the list. An unknown task is a test bug, so it fails loudly (the server
  * answers 400 with the reason, which surfaces as a provider_rejected error in the test).
  */
+/** A reply whose model runs `source` with code_executor (`extra` adds e.g. a delay). */
+export function codeCall(source: string, extra: Omit<ScriptedReply, 'toolCalls'> = {}): ScriptedReply {
+  return { ...extra, toolCalls: [{ name: 'code_executor', arguments: { code: source } }] };
+}
+
 export function scriptBySteps(map: Record<string, ScriptedReply[]>): Script {
   return (req) => {
     const replies = Object.hasOwn(map, req.task) ? map[req.task] : undefined;
