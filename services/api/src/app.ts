@@ -29,6 +29,24 @@ export function createApp(deps: AppDeps): Express {
   app.set('trust proxy', config.AUTH_MODE === 'proxy' ? config.TRUSTED_PROXIES : false);
   app.set('query parser', 'simple');
   app.use(helmet());
+  // One access-log event per request; never headers (they carry credentials) nor bodies.
+  app.use((req, res, next) => {
+    const started = process.hrtime.bigint();
+    res.on('finish', () => {
+      logger.info(
+        {
+          event: 'http.request',
+          method: req.method,
+          path: req.path.slice(0, 200),
+          status: res.statusCode,
+          ms: Number(process.hrtime.bigint() - started) / 1e6,
+          caller: res.locals.caller as string | undefined,
+        },
+        'request',
+      );
+    });
+    next();
+  });
   // No CORS_ORIGINS means no cross-origin access at all (not `*`).
   app.use(cors({ origin: config.CORS_ORIGINS.length > 0 ? config.CORS_ORIGINS : false }));
 

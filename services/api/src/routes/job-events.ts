@@ -1,11 +1,13 @@
 import type { RequestHandler } from 'express';
 import type { Redis } from 'ioredis';
-import { NotFoundError, ValidationError } from '../../../shared/src/errors';
+import { AppError, NotFoundError, ValidationError } from '../../../shared/src/errors';
 import { TERMINAL_STATUSES, type JobStatus } from '../../../shared/src/job-schema';
 import type { JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
 
 const STREAM_ID = /^\d{1,20}-\d{1,20}$/;
+/** Each open stream holds a Redis connection; past this many, new ones are refused with 503. */
+const MAX_OPEN_STREAMS = 1000;
 
 export interface JobEventsDeps {
   store: JobStore;
@@ -23,6 +25,7 @@ export interface JobEventsDeps {
  */
 export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
   const { store, redis, logger } = deps;
+  let openStreams = 0;
   return async (req, res) => {
     const id = deps.jobIdParam(req);
     const caller = res.locals.caller as string;
@@ -34,6 +37,13 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
       ]);
     }
 
+    if (openStreams >= MAX_OPEN_STREAMS) {
+      throw new AppError({ code: 'too_many_streams', status: 503, detail: 'Too many open event streams; poll the job or retry later.' });
+    }
+    openStreams += 1;
+    res.on('close', () => {
+      openStreams -= 1;
+    });
     res.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
       'Cache-Control': 'no-cache, no-transform',
