@@ -31,8 +31,10 @@ export async function containersWith(labels: Record<string, string>): Promise<Do
   return docker.listContainers({ all: true, filters });
 }
 
-export async function removeContainersWith(labels: Record<string, string>): Promise<void> {
-  for (const info of await containersWith(labels)) {
+/** Removes, with their volumes, the sandbox containers of every worker whose id starts with `workerIdPrefix`. */
+export async function removeSandboxesOf(workerIdPrefix: string): Promise<void> {
+  for (const info of await containersWith({ 'maestro.role': 'sandbox' })) {
+    if (!info.Labels['maestro.worker']?.startsWith(workerIdPrefix)) continue;
     await docker.getContainer(info.Id).remove({ force: true, v: true }).catch(() => undefined);
   }
 }

@@ -1,4 +1,4 @@
-import { docker, TEST_LABEL, testPrefix, testRun } from './docker';
+import { containersWith, docker, TEST_LABEL, testPrefix, testRun } from './docker';
 
 export default async function globalTeardown(): Promise<void> {
   const id = process.env.MAESTRO_TEST_REDIS_CONTAINER;
@@ -6,8 +6,7 @@ export default async function globalTeardown(): Promise<void> {
   // Anything a test labelled and failed to remove goes too: a test run leaves nothing behind.
   const left = await docker.listContainers({ all: true, filters: { label: [`${TEST_LABEL}=${testRun()}`] } });
   // Sandboxes made by this run's workers carry its prefix (see test/support/stack.ts).
-  const sandboxes = await docker.listContainers({ all: true, filters: { label: ['maestro.role=sandbox'] } });
-  const ours = sandboxes.filter((c) => c.Labels['maestro.worker']?.startsWith(testPrefix()));
+  const ours = (await containersWith({ 'maestro.role': 'sandbox' })).filter((c) => c.Labels['maestro.worker']?.startsWith(testPrefix()));
   for (const c of [...left, ...ours]) await docker.getContainer(c.Id).remove({ force: true, v: true }).catch(() => undefined);
   // Tests remove their own containers; anything found here is a leak worth seeing in the output.
   const leaked = [...left, ...ours].filter((c) => c.Id !== id);

@@ -12,7 +12,7 @@ import { loadConfig, type Config } from '../../services/shared/src/config';
 import type { JobView } from '../../services/shared/src/job-schema';
 import { REDACT_PATHS } from '../../services/shared/src/logger';
 import { startWorker, type RunningWorker } from '../../services/worker/src/worker-service';
-import { removeContainersWith, sandboxImage, TEST_PREFIX } from './docker';
+import { removeSandboxesOf, sandboxImage, TEST_PREFIX } from './docker';
 import type { ModelServer } from './model-server';
 import { waitFor } from './wait-for';
 
@@ -90,7 +90,8 @@ export async function startStack(
     async close() {
       await Promise.all(workers.map((w) => w.close()));
       await api.close();
-      for (const w of workers) await removeContainersWith({ 'maestro.worker': w.workerId });
+      // Every worker of this stack, in-process or a child process a test killed, has an id under its prefix.
+      await removeSandboxesOf(`${prefix}.`);
       let cursor = '0';
       do {
         const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
