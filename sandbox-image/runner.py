@@ -9,8 +9,11 @@ before any user code runs, so nothing the code prints (or its subprocesses print
 stream, and nothing it reads from stdin can swallow the next request.
 """
 import builtins
+import ctypes
+import errno
 import json
 import os
+import platform
 import queue
 import stat
 import sys
@@ -242,10 +245,58 @@ def seed_matplotlib_cache():
         pass
 
 
+# Without Yama (the host kernel here has none) runc lets code ptrace any process of its own uid,
+# PID 1 (docker-init) included: an attach leaves init stopped, so it no longer reaps and the container
+# no longer ends by itself. gVisor refuses a non-descendant already. So the runner denies ptrace and
+# process_vm_readv/writev to itself and everything the code starts, on top of Docker's seccomp
+# profile (filters stack and cannot be removed; no-new-privileges lets an unprivileged process add one).
+# Per machine: (AUDIT_ARCH, numbers of ptrace, process_vm_readv, process_vm_writev).
+NO_TRACE_SYSCALLS = {
+    "x86_64": (0xC000003E, (101, 310, 311)),
+    "aarch64": (0xC00000B7, (117, 270, 271)),
+}
+
+
+def deny_tracing():
+    arch = NO_TRACE_SYSCALLS.get(platform.machine())
+    if arch is None:
+        sys.stderr.write("runner: no tracing filter for %s\n" % platform.machine())
+        return
+    audit_arch, numbers = arch
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    ld_w_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM
+    n = len(numbers)
+    prog = [
+        (ld_w_abs, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, audit_arch),
+        (ret, 0, 0, deny),  # a foreign ABI (int 0x80) would dodge the numbers below
+        (ld_w_abs, 0, 0, 0),  # seccomp_data.nr
+        (jge, n + 1, 0, 0x40000000),  # x32 ABI numbers, likewise
+    ]
+    prog += [(jeq, n - i, 0, nr) for i, nr in enumerate(numbers)]
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    filters = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
+    fprog = SockFprog(len(prog), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_seccomp, seccomp_mode_filter = 22, 2
+    if libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0) != 0:
+        # Fail closed: a sandbox that was meant to have the filter must not serve without it.
+        raise OSError(ctypes.get_errno(), "could not install the tracing filter")
+
+
 def main():
     # The capture threads must take the GIL back from the main thread to hand over a cell's output;
     # at the default 5 ms switch interval that wait dominated a short cell's round trip.
     sys.setswitchinterval(0.0005)
+    # Before any thread starts, so every thread and child inherits the filter.
+    deny_tracing()
     limit_default = DEFAULT_LIMIT
     if len(sys.argv) > 2 and sys.argv[1] == "--limit":
         limit_default = max(1, int(sys.argv[2]))

@@ -71,7 +71,8 @@ describe('the sandbox container spec', () => {
     expect(host.Memory).toBe(512 * 1024 * 1024);
     expect(host.MemorySwap).toBe(host.Memory);
     expect(host.NanoCpus).toBe(1.5e9);
-    expect(host.PidsLimit).toBe(128);
+    // runsc: the PIDs limit counts gVisor's host tasks; nproc bounds the guest (container-spec.ts).
+    expect(host.PidsLimit).toBe(128 * 4 + 64);
     const ulimits = Object.fromEntries((host.Ulimits ?? []).map((u) => [u.Name, u]));
     expect(ulimits.nproc).toEqual({ Name: 'nproc', Soft: 128, Hard: 128 });
     expect(ulimits.nofile?.Hard).toBeGreaterThan(0);
