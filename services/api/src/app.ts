@@ -30,25 +30,27 @@ export function createApp(deps: AppDeps): Express {
   app.set('query parser', 'simple');
   app.use(helmet());
   // One access-log event per request; never headers (they carry credentials) nor bodies.
-  app.use((req, res, next) => {
-    const started = process.hrtime.bigint();
-    res.on('finish', () => {
-      logger.info(
-        {
-          event: 'http.request',
-          method: req.method,
-          path: req.path.slice(0, 200),
-          status: res.statusCode,
-          ms: Number(process.hrtime.bigint() - started) / 1e6,
-          caller: res.locals.caller as string | undefined,
-        },
-        'request',
-      );
+  if (logger.isLevelEnabled('info')) {
+    app.use((req, res, next) => {
+      const started = process.hrtime.bigint();
+      res.on('finish', () => {
+        logger.info(
+          {
+            event: 'http.request',
+            method: req.method,
+            path: req.path.slice(0, 200),
+            status: res.statusCode,
+            ms: Number(process.hrtime.bigint() - started) / 1e6,
+            caller: res.locals.caller as string | undefined,
+          },
+          'request',
+        );
+      });
+      next();
     });
-    next();
-  });
-  // No CORS_ORIGINS means no cross-origin access at all (not `*`).
-  app.use(cors({ origin: config.CORS_ORIGINS.length > 0 ? config.CORS_ORIGINS : false }));
+  }
+  // No CORS_ORIGINS means no cross-origin access at all (not `*`): no CORS middleware, no CORS headers.
+  if (config.CORS_ORIGINS.length > 0) app.use(cors({ origin: config.CORS_ORIGINS }));
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -71,10 +73,13 @@ export function createApp(deps: AppDeps): Express {
     res.type('html').send(docsPage);
   });
 
-  app.use('/v1', authenticate(config));
-  app.use('/v1', rateLimit({ redis, prefix: config.MAESTRO_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, logger }));
-  app.use('/v1', express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
-  app.use('/v1/jobs', jobsRouter(deps));
+  // Everything under /v1 is authenticated, rate limited and JSON; one router keeps that in one place.
+  const v1 = express.Router();
+  v1.use(authenticate(config));
+  if (config.RATE_LIMIT_PER_MINUTE > 0) v1.use(rateLimit({ redis, prefix: config.MAESTRO_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, logger }));
+  v1.use(express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
+  v1.use('/jobs', jobsRouter(deps));
+  app.use('/v1', v1);
   app.use((_req, res) => {
     sendProblem(res, 404, 'not_found', 'No such route.');
   });

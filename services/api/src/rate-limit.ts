@@ -14,11 +14,9 @@ return n
 /**
  * A fixed one-minute window per caller, counted in Redis so the limit holds across API replicas.
  * Headers follow the IETF RateLimit draft (`RateLimit`, `RateLimit-Policy`), plus `Retry-After` on 429.
- * `perMinute` 0 turns it off.
  */
 export function rateLimit(opts: { redis: Redis; prefix: string; perMinute: number; logger: Logger }): RequestHandler {
   const { redis, prefix, perMinute, logger } = opts;
-  if (perMinute === 0) return (_req, _res, next) => next();
   return async (_req, res, next) => {
     const caller = res.locals.caller as string;
     const now = Date.now() / 1000;
