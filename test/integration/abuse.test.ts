@@ -154,7 +154,7 @@ describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {
     expect(step?.output).toMatch(/interpreter was restarted/);
   }
 
-  test('a fork bomb is held by the process and memory limits and killed at the time limit; the job goes on', async () => {
+  test('a fork bomb is held by the process and memory limits, then killed; the job goes on', async () => {
     const { tools } = await runJob('fork bomb', [
       CONTAINER_ID,
       [
@@ -229,14 +229,10 @@ describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {
     const [balloon, after] = tools;
     expect(balloon?.isError).toBe(true);
     expect(balloon?.output).not.toContain('allocated');
-    if (balloon?.timedOut === true) {
-      // Seen under gVisor only: the host OOM killer takes one of gVisor's processes, not the
-      // interpreter, and the sandbox idles at its memory limit (at ~3% CPU) until the time limit.
-      expect(runtime).toBe('runsc');
-      expect(balloon).toMatchObject({ exitCode: -1 });
-      expect(balloon.output).toMatch(/time limit/);
-      expectFreshAfterKill(after);
-    } else if (balloon?.exitCode === -1) {
+    // Not the time limit: under gVisor the OOM killer may take one of gVisor's own processes and leave
+    // the sandbox idling at its limit, so the worker acts on the engine's oom event instead of waiting.
+    expect(balloon?.timedOut).toBe(false);
+    if (balloon?.exitCode === -1) {
       // The interpreter was OOM-killed: the model is told, and the next call starts afresh.
       expect(balloon.output).toMatch(/out of memory/);
       expectFreshAfterKill(after);

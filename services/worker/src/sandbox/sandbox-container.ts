@@ -190,6 +190,16 @@ export class SandboxContainer {
     return { artifacts, skipped };
   }
 
+  /**
+   * The engine reported an out-of-memory kill in this container. Under gVisor the kernel's OOM killer
+   * may take one of gVisor's own processes rather than the interpreter, leaving a container that
+   * neither answers nor exits: so the cell ends now, as out of memory, instead of at its time limit.
+   */
+  outOfMemory(): void {
+    this.markLost('crashed', 'the interpreter was killed: out of memory');
+    void this.kill('crashed').catch((err: unknown) => this.logger.error({ event: 'sandbox.kill_failed', err }));
+  }
+
   /** Kills the container through the Engine API (closing the attach stream would not stop it). Idempotent. */
   kill(reason: LossReason): Promise<void> {
     this.markLost(reason, `the sandbox was killed (${reason})`);
@@ -211,6 +221,8 @@ export class SandboxContainer {
   remove(): Promise<void> {
     this.markLost('removed', 'the sandbox was removed');
     this.removal ??= (async () => {
+      // A kill under way finishes first: a removal racing it was seen to stall the engine under gVisor.
+      await this.killing?.catch(() => undefined);
       this.stream.removeAllListeners('data');
       (this.stream as NodeJS.ReadWriteStream & { destroy?: () => void }).destroy?.();
       try {

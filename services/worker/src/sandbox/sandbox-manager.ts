@@ -19,6 +19,7 @@ export class SandboxManager {
   private starting: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
   private closed = false;
+  private events: (NodeJS.ReadableStream & { destroy?: () => void }) | undefined;
 
   constructor(private readonly opts: { docker: Dockerode; settings: SandboxSettings; logger: Logger }) {
     this.logger = opts.logger.child({ component: 'sandbox' });
@@ -29,10 +30,47 @@ export class SandboxManager {
     });
   }
 
-  /** Fills the pool. Idempotent. */
+  /** Watches for out-of-memory kills and fills the pool. Idempotent. */
   start(): Promise<void> {
-    this.starting ??= this.pool.fill();
+    this.starting ??= (async () => {
+      await this.watchOutOfMemory();
+      await this.pool.fill();
+    })();
     return this.starting;
+  }
+
+  /** Follows the engine's `oom` events for this worker's containers (see SandboxContainer.outOfMemory). */
+  private async watchOutOfMemory(): Promise<void> {
+    const events = (await this.opts.docker.getEvents({
+      filters: { type: ['container'], event: ['oom'], label: [`maestro.worker=${this.opts.settings.workerId}`] },
+    })) as NodeJS.ReadableStream & { destroy?: () => void };
+    this.events = events;
+    let buffered = '';
+    events.on('data', (chunk: Buffer) => {
+      // The engine sends one JSON object per line; a line may span chunks. Nothing here is sandbox
+      // output: these come from the engine itself.
+      buffered = (buffered + chunk.toString('utf8')).slice(-64 * 1024);
+      let newline: number;
+      while ((newline = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        let id: unknown;
+        try {
+          id = (JSON.parse(line) as { id?: unknown }).id;
+        } catch {
+          continue;
+        }
+        for (const container of this.containers) {
+          if (container.id === id) {
+            this.logger.warn({ event: 'sandbox.out_of_memory', containerId: id });
+            container.outOfMemory();
+          }
+        }
+      }
+    });
+    events.on('error', (err: Error) => {
+      if (!this.closed) this.logger.warn({ event: 'sandbox.events_failed', message: err.message });
+    });
   }
 
   /** Resolves once the pool is full again (after takes); for benchmarks and tests that need a warm pool. */
@@ -54,6 +92,7 @@ export class SandboxManager {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
+      this.events?.destroy?.();
       await this.pool.close();
       await Promise.allSettled([...this.launches]);
       const results = await Promise.allSettled([...this.containers].map((c) => this.release(c)));

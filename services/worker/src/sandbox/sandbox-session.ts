@@ -14,6 +14,7 @@ export class JobSandboxSession implements SandboxSession {
   private lostOne = false;
   private closed = false;
   private closing: Promise<void> | undefined;
+  private readonly removals: Promise<void>[] = [];
   // Runs are serialised: one interpreter answers one cell at a time.
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -37,6 +38,7 @@ export class JobSandboxSession implements SandboxSession {
       const container = this.container;
       this.container = undefined;
       if (container) await this.opts.release(container);
+      await Promise.all(this.removals);
     })();
     return this.closing;
   }
@@ -86,6 +88,10 @@ export class JobSandboxSession implements SandboxSession {
     if (this.container !== container) return;
     this.container = undefined;
     this.lostOne = true;
-    void this.opts.release(container).catch((err: unknown) => this.opts.logger.warn({ event: 'sandbox.remove_failed', err: (err as Error).message }));
+    const removal = this.opts
+      .release(container)
+      .catch((err: unknown) => this.opts.logger.warn({ event: 'sandbox.remove_failed', err: (err as Error).message }));
+    // The next run need not wait for it, but the job's end does: close() awaits every removal.
+    this.removals.push(removal);
   }
 }
