@@ -70,22 +70,23 @@ export interface Usage {
   outputTokens: number;
 }
 
-export interface ModelStep {
+/** What every step has: its place in the job and its timing. */
+interface StepBase {
   index: number;
-  type: 'model';
   startedAt: string;
   durationMs: number;
+}
+
+export interface ModelStep extends StepBase {
+  type: 'model';
   text: string;
   toolCalls: { id: string; name: string; arguments: string }[];
   usage: Usage;
   stopReason: string;
 }
 
-export interface ToolStep {
-  index: number;
+export interface ToolStep extends StepBase {
   type: 'tool';
-  startedAt: string;
-  durationMs: number;
   callId: string;
   name: string;
   /** The arguments as parsed JSON when they parsed, else the raw text. */

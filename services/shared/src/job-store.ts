@@ -11,13 +11,6 @@ import {
   type Usage,
 } from './job-schema';
 
-/** One entry of a job's event stream, as SSE will send it. */
-export interface JobEvent {
-  id: string;
-  type: 'status' | 'step';
-  data: unknown;
-}
-
 const EVENTS_MAXLEN = 10_000;
 
 // Transitions are Lua scripts so that "only if not already terminal" holds against every other
@@ -155,10 +148,6 @@ export class JobStore {
   async isFinished(id: string): Promise<boolean> {
     const status = await this.status(id);
     return status === null || TERMINAL_STATUSES.includes(status);
-  }
-
-  async isCancelRequested(id: string): Promise<boolean> {
-    return (await this.redis.hget(this.key(id), 'cancelRequested')) === '1';
   }
 
   /** The job as its owner sees it, or null when it does not exist or belongs to someone else. */
@@ -325,17 +314,6 @@ export class JobStore {
   /** Marks a cancel request; returns the status the job had, or null when there is no such job. */
   async requestCancel(id: string): Promise<JobStatus | null> {
     return (await this.run(REQUEST_CANCEL, [this.key(id)], [])) as JobStatus | null;
-  }
-
-  /** Events after `afterId` (exclusive), oldest first. */
-  async events(id: string, afterId: string | undefined, count: number): Promise<JobEvent[]> {
-    const start = afterId ? `(${afterId}` : '-';
-    const rows = await this.redis.xrange(this.key(id, 'events'), start, '+', 'COUNT', count);
-    return rows.map(([eventId, fields]) => {
-      const f: Record<string, string> = {};
-      for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] as string] = fields[i + 1] as string;
-      return { id: eventId, type: f.type === 'step' ? 'step' : 'status', data: JSON.parse(f.data ?? 'null') as unknown };
-    });
   }
 
   eventsKey(id: string): string {

@@ -168,6 +168,8 @@ export class JobProcessor {
       run: async (code, opts) => {
         const result = await session.run(code, opts);
         const saved: typeof result.artifacts = [];
+        // One look-up per execution, not per file: every artifact of it belongs to the same step.
+        const step = result.artifacts.length > 0 ? await store.stepCount(jobId) : 0;
         for (const artifact of result.artifacts) {
           const total = [...kept.values()].reduce((a, b) => a + b, 0) - (kept.get(artifact.name) ?? 0);
           if ((!kept.has(artifact.name) && kept.size >= artifactLimits.count) || total + artifact.size > artifactLimits.bytes) {
@@ -176,7 +178,6 @@ export class JobProcessor {
           }
           kept.set(artifact.name, artifact.size);
           saved.push(artifact);
-          const step = await store.stepCount(jobId);
           await store.addArtifact(jobId, { name: artifact.name, size: artifact.size, contentType: artifact.contentType, step }, artifact.data);
         }
         result.artifacts = saved;
