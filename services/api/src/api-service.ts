@@ -5,6 +5,7 @@ import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
 import { createJobsQueue } from '../../shared/src/queue';
 import { closeRedis, createApiRedis } from '../../shared/src/redis';
+import { withTimeout } from '../../shared/src/time';
 import { createApp } from './app';
 import { unsafeAuthConfig } from './auth';
 
@@ -70,8 +71,7 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
     setTimeout(() => server.closeAllConnections(), 5000).unref();
     await once(server, 'close').catch(() => undefined);
     // BullMQ's close waits for a connection; with Redis down, that wait would hold shutdown hostage.
-    if (queueRedis.status === 'ready') await queue.close();
-    else void queue.close().catch(() => undefined);
+    await withTimeout(queue.close().catch(() => undefined), 2000).catch(() => undefined);
     await closeRedis(queueRedis);
     await closeRedis(redis);
     logger.info({ event: 'api.stopped' }, 'stopped');

@@ -11,6 +11,7 @@ import { authenticate } from './auth';
 import { errorHandler, sendProblem } from './problem';
 import { buildOpenApi, renderDocsPage } from './openapi';
 import { rateLimit } from './rate-limit';
+import { withTimeout } from '../../shared/src/time';
 import { jobsRouter } from './routes/jobs';
 
 export interface AppDeps {
@@ -85,12 +86,4 @@ export function createApp(deps: AppDeps): Express {
   });
   app.use(errorHandler(logger));
   return app;
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error('timeout')), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

@@ -1,4 +1,5 @@
-import { Queue, type ConnectionOptions } from 'bullmq';
+import { EventEmitter } from 'node:events';
+import { Queue, type ConnectionOptions, type Worker } from 'bullmq';
 
 /** The BullMQ queue every job goes through. Its job id is the Maestro job id. */
 export const JOBS_QUEUE = 'jobs';
@@ -18,5 +19,22 @@ export function workerHeartbeatKey(prefix: string, workerId: string): string {
 }
 
 export function createJobsQueue(connection: ConnectionOptions, prefix: string): Queue<QueuedJobData> {
-  return new Queue<QueuedJobData>(JOBS_QUEUE, { connection, prefix });
+  return absorbLateConnectionErrors(new Queue<QueuedJobData>(JOBS_QUEUE, { connection, prefix }));
+}
+
+/**
+ * BullMQ's RedisConnection drops every listener when it closes, yet still re-emits a failed start-up
+ * (`initializing.catch(err => this.emit('error', err))`) afterwards: closing a queue or worker whose
+ * Redis never answered, or is torn down mid start-up, would then throw from an 'error' event nobody
+ * hears. Such a late error concerns a connection we already closed, so it is dropped.
+ */
+export function absorbLateConnectionErrors<T extends Queue | Worker>(owner: T): T {
+  for (const field of ['connection', 'blockingConnection']) {
+    const connection = (owner as unknown as Record<string, unknown>)[field];
+    if (!(connection instanceof EventEmitter)) continue;
+    const emit = connection.emit.bind(connection);
+    connection.emit = (event: string | symbol, ...args: unknown[]): boolean =>
+      event === 'error' && connection.listenerCount('error') === 0 ? false : emit(event, ...args);
+  }
+  return owner;
 }

@@ -4,7 +4,7 @@ import { Worker } from 'bullmq';
 import type { Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
-import { cancelChannel, JOBS_QUEUE, workerHeartbeatKey, type QueuedJobData } from '../../shared/src/queue';
+import { absorbLateConnectionErrors, cancelChannel, JOBS_QUEUE, workerHeartbeatKey, type QueuedJobData } from '../../shared/src/queue';
 import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
 import { JobProcessor } from './job-processor';
 import { createProvider } from './providers';
@@ -111,7 +111,7 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
   await subscriber.subscribe(cancelChannel(config.MAESTRO_PREFIX));
   subscriber.on('message', (_channel, jobId: string) => processor.cancel(jobId));
 
-  const worker = new Worker<QueuedJobData>(JOBS_QUEUE, processor.process, {
+  const worker = absorbLateConnectionErrors(new Worker<QueuedJobData>(JOBS_QUEUE, processor.process, {
     connection: redis,
     prefix: config.MAESTRO_PREFIX,
     concurrency: config.WORKER_CONCURRENCY,
@@ -119,7 +119,7 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     stalledInterval: config.WORKER_LOCK_MS,
     // A job whose worker died is taken over twice before it is declared lost.
     maxStalledCount: 2,
-  });
+  }));
   worker.on('error', (err) => logger.warn({ event: 'worker.error', message: err.message }, 'worker error'));
   worker.on('failed', (job, err) => {
     // Jobs failed by BullMQ itself (stalled too often) never reached our processor's verdict.

@@ -68,6 +68,8 @@ export class SandboxContainer {
   private waiter: Waiter | undefined;
   private lost: LossReason | undefined;
   private lostDetail = '';
+  /** Set when the engine reported the out-of-memory kill itself: nothing left to ask it. */
+  private outOfMemoryReported = false;
   private stderrTail = '';
   private seq = 0;
   private removal: Promise<void> | undefined;
@@ -196,6 +198,7 @@ export class SandboxContainer {
    * neither answers nor exits: so the cell ends now, as out of memory, instead of at its time limit.
    */
   outOfMemory(): void {
+    this.outOfMemoryReported = true;
     this.markLost('crashed', 'the interpreter was killed: out of memory');
     void this.kill('crashed').catch((err: unknown) => this.logger.error({ event: 'sandbox.kill_failed', err }));
   }
@@ -301,7 +304,9 @@ export class SandboxContainer {
 
   private async lostOutcome(timedOut: boolean): Promise<CellOutcome> {
     let detail = timedOut ? 'the execution timed out and the interpreter was killed' : this.lostDetail;
-    if (this.lost === 'crashed') {
+    // The engine, busy killing a fork bomb, can take seconds to answer an inspect: skip it when the oom
+    // event already said why.
+    if (this.lost === 'crashed' && !this.outOfMemoryReported) {
       // Only on this rare path is the engine asked why, to tell an out-of-memory kill apart.
       const state = await this.container.inspect().then(
         (info) => info.State,
