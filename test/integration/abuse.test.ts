@@ -419,10 +419,39 @@ describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {
   test("the worker's provider keys are nowhere in the sandbox: environment, processes or files", async () => {
     // Sent hex-encoded, so the code itself never holds a key a search could trip over.
     const needles = [openaiKey, anthropicKey].map((k) => Buffer.from(k).toString('hex'));
+    // Every regular file but those under /proc and /sys is read in full, in chunks that overlap by
+    // a key's length. As in the socket walk, the scan keeps its place in the job's globals and goes
+    // on over as many cells as it needs (a full read takes seconds under gVisor).
+    const scan = [
+      'deadline = time.monotonic() + 3.0',
+      'while pending and time.monotonic() < deadline:',
+      '    try:',
+      '        with os.scandir(pending.pop()) as entries:',
+      '            for entry in entries:',
+      '                if entry.is_dir(follow_symlinks=False):',
+      '                    if entry.path not in ("/proc", "/sys"):',
+      '                        pending.append(entry.path)',
+      '                elif entry.is_file(follow_symlinks=False):',
+      '                    try:',
+      '                        with open(entry.path, "rb") as f:',
+      '                            tail = b""',
+      '                            while chunk := f.read(4 << 20):',
+      '                                if any(n in tail + chunk for n in needles):',
+      '                                    hits.append(entry.path)',
+      '                                    break',
+      '                                tail = chunk[-overlap:]',
+      '                        scanned += 1',
+      '                    except OSError:',
+      '                        pass',
+      '    except OSError:',
+      '        pass',
+      'print("hits", hits, "scanned", scanned, "complete", not pending)',
+    ];
     const { tools } = await runJob('read secrets', [
       [
-        'import os, stat, time',
+        'import os, time',
         `needles = [bytes.fromhex(h) for h in ${py(needles.join(','))}.split(",")]`,
+        'overlap = max(len(n) for n in needles)',
         'names = [b"OPENAI", b"ANTHROPIC", b"API_KEY", b"REDIS", b"MAESTRO"]',
         'hits = []',
         'print("environ", sorted(os.environ))',
@@ -434,45 +463,24 @@ describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {
         '            continue',
         '        if any(n in data for n in needles + (names if part == "environ" else [])):',
         '            hits.append(f"/proc/{pid}/{part}")',
-        'deadline = time.monotonic() + 3.0',
-        'scanned, complete, seen = 0, True, set()',
-        `for top in ["/etc", "/tmp", "/output", "/run", "/var", "/root", "/home", "/opt", ${py(allowed)}, "/"]:`,
-        '    for base, dirs, files in os.walk(top):',
-        '        dirs[:] = [x for x in dirs if os.path.join(base, x) not in ("/proc", "/sys", "/dev")]',
-        '        if base in seen:',
-        '            dirs[:] = []',
-        '            continue',
-        '        seen.add(base)',
-        '        for name in files:',
-        '            p = os.path.join(base, name)',
-        '            try:',
-        '                st = os.lstat(p)',
-        '                if not stat.S_ISREG(st.st_mode) or st.st_size > 4 << 20:',
-        '                    continue',
-        '                data = open(p, "rb").read()',
-        '            except OSError:',
-        '                continue',
-        '            scanned += 1',
-        '            if any(n in data for n in needles):',
-        '                hits.append(p)',
-        '        if time.monotonic() > deadline:',
-        '            complete = False',
-        '            break',
-        '    if not complete:',
-        '        break',
-        'print("hits", hits)',
-        'print("scanned", scanned, "complete", complete)',
+        // A planted copy across a chunk boundary shows that the scan finds what it looks for.
+        'with open("/tmp/planted", "wb") as f:',
+        '    f.write(b"x" * ((4 << 20) - 5) + needles[0])',
+        'pending, scanned = ["/"], 0',
+        ...scan,
       ],
+      ...Array.from({ length: 15 }, () => scan),
     ]);
-    const output = tools[0]?.output ?? '';
-    expect(tools[0]).toMatchObject({ exitCode: 0, timedOut: false });
-    expect(output).toContain('hits []');
+    const output = tools.map((t) => t.output).join('\n');
+    expect(tools.every((t) => t.exitCode === 0 && !t.timedOut)).toBe(true);
     expect(output).not.toContain(openaiKey);
     expect(output).not.toContain(anthropicKey);
     const environ = /^environ (.*)$/m.exec(output)?.[1] ?? '';
     expect(environ).not.toMatch(/API_KEY|OPENAI|ANTHROPIC|REDIS|MAESTRO|TOKEN|SECRET/);
-    // At least /etc, /tmp, /output, /run, /var, /opt and the allowed dir were read in full.
-    expect(Number(/scanned (\d+)/.exec(output)?.[1])).toBeGreaterThan(100);
+    const last = /^hits (.*) scanned (\d+) complete True$/m.exec(output);
+    expect(last?.[1]).toBe("['/tmp/planted']");
+    // The image's Python, numpy, pandas and matplotlib alone are tens of thousands of files.
+    expect(Number(last?.[2])).toBeGreaterThan(10_000);
     await expectNextJobRuns();
   });
 
@@ -503,30 +511,44 @@ describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {
   });
 
   test('there is no Docker socket, nor any other socket file, inside', async () => {
+    // The walk covers the whole filesystem but /proc and /sys. It reads entry types from the
+    // directory listing (an lstat per file is slow under gVisor) and keeps its place in the job's
+    // globals, so each cell walks for a while under the time limit and the next goes on.
+    // A socket the code binds itself shows that the walk does find sockets.
+    const walk = [
+      'deadline = time.monotonic() + 3.0',
+      'while pending and time.monotonic() < deadline:',
+      '    try:',
+      '        with os.scandir(pending.pop()) as entries:',
+      '            for entry in entries:',
+      '                if entry.is_dir(follow_symlinks=False):',
+      '                    if entry.path not in ("/proc", "/sys"):',
+      '                        pending.append(entry.path)',
+      '                elif not entry.is_file(follow_symlinks=False) and not entry.is_symlink():',
+      '                    if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):',
+      '                        sockets.append(entry.path)',
+      '    except OSError:',
+      '        pass',
+      'print("sockets", sorted(sockets), "complete", not pending)',
+    ];
     const { tools } = await runJob('docker socket', [
       [
-        'import os, stat, time',
+        'import os, socket, stat, time',
         'print("paths", [p for p in ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock") if os.path.exists(p)])',
         'print("DOCKER_HOST", os.environ.get("DOCKER_HOST"))',
-        'deadline, complete, sockets = time.monotonic() + 3.0, True, []',
-        'for base, dirs, files in os.walk("/"):',
-        '    dirs[:] = [x for x in dirs if os.path.join(base, x) not in ("/proc", "/sys")]',
-        '    for name in files + dirs:',
-        '        try:',
-        '            if stat.S_ISSOCK(os.lstat(os.path.join(base, name)).st_mode):',
-        '                sockets.append(os.path.join(base, name))',
-        '        except OSError:',
-        '            pass',
-        '    if time.monotonic() > deadline:',
-        '        complete = False',
-        '        break',
-        'print("sockets", sockets, "complete", complete)',
+        'probe = socket.socket(socket.AF_UNIX)',
+        'probe.bind("/tmp/probe.sock")',
+        'pending, sockets = ["/"], []',
+        ...walk,
       ],
+      walk,
+      walk,
+      walk,
     ]);
-    const output = tools[0]?.output ?? '';
+    const output = tools.map((t) => t.output).join('\n');
     expect(output).toContain('paths []');
     expect(output).toContain('DOCKER_HOST None');
-    expect(output).toMatch(/^sockets \[\] complete True$/m);
+    expect(output).toMatch(/^sockets \['\/tmp\/probe\.sock'\] complete True$/m);
     await expectNextJobRuns();
   });
 
