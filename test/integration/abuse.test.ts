@@ -38,6 +38,30 @@ const CONTAINER_ID = [
 ];
 const toolSteps = (job: JobView): ToolStep[] => job.steps.filter((s): s is ToolStep => s.type === 'tool');
 
+/**
+ * Python that walks the whole filesystem but /proc and /sys, running `visit` (indented for the
+ * loop, with `entry` an os.DirEntry) for each entry that is not a directory. It keeps its place in
+ * the job's globals (`pending`, set to ["/"] before the first cell) and stops after 3 s, so the
+ * same cell repeated goes on where the last one stopped: a full walk takes seconds under gVisor,
+ * more than one execution's time limit here. Entry types come from the directory listing, since an
+ * lstat per file is slow under gVisor. Ends by printing `report` and whether the walk is complete.
+ */
+const resumableWalk = (visit: string[], report: string): string[] => [
+  'deadline = time.monotonic() + 3.0',
+  'while pending and time.monotonic() < deadline:',
+  '    try:',
+  '        with os.scandir(pending.pop()) as entries:',
+  '            for entry in entries:',
+  '                if entry.is_dir(follow_symlinks=False):',
+  '                    if entry.path not in ("/proc", "/sys"):',
+  '                        pending.append(entry.path)',
+  '                    continue',
+  ...visit.map((line) => `                ${line}`),
+  '    except OSError:',
+  '        pass',
+  `print(${report}, "complete", not pending)`,
+];
+
 let model: ModelServer;
 const script: Record<string, ScriptedReply[]> = {};
 let root: string;
@@ -419,34 +443,24 @@ describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {
   test("the worker's provider keys are nowhere in the sandbox: environment, processes or files", async () => {
     // Sent hex-encoded, so the code itself never holds a key a search could trip over.
     const needles = [openaiKey, anthropicKey].map((k) => Buffer.from(k).toString('hex'));
-    // Every regular file but those under /proc and /sys is read in full, in chunks that overlap by
-    // a key's length. As in the socket walk, the scan keeps its place in the job's globals and goes
-    // on over as many cells as it needs (a full read takes seconds under gVisor).
-    const scan = [
-      'deadline = time.monotonic() + 3.0',
-      'while pending and time.monotonic() < deadline:',
-      '    try:',
-      '        with os.scandir(pending.pop()) as entries:',
-      '            for entry in entries:',
-      '                if entry.is_dir(follow_symlinks=False):',
-      '                    if entry.path not in ("/proc", "/sys"):',
-      '                        pending.append(entry.path)',
-      '                elif entry.is_file(follow_symlinks=False):',
-      '                    try:',
-      '                        with open(entry.path, "rb") as f:',
-      '                            tail = b""',
-      '                            while chunk := f.read(4 << 20):',
-      '                                if any(n in tail + chunk for n in needles):',
-      '                                    hits.append(entry.path)',
-      '                                    break',
-      '                                tail = chunk[-overlap:]',
-      '                        scanned += 1',
-      '                    except OSError:',
-      '                        pass',
-      '    except OSError:',
-      '        pass',
-      'print("hits", hits, "scanned", scanned, "complete", not pending)',
-    ];
+    // Every regular file is read in full, in chunks that overlap by a key's length.
+    const scan = resumableWalk(
+      [
+        'if entry.is_file(follow_symlinks=False):',
+        '    try:',
+        '        with open(entry.path, "rb") as f:',
+        '            tail = b""',
+        '            while chunk := f.read(4 << 20):',
+        '                if any(n in tail + chunk for n in needles):',
+        '                    hits.append(entry.path)',
+        '                    break',
+        '                tail = chunk[-overlap:]',
+        '        scanned += 1',
+        '    except OSError:',
+        '        pass',
+      ],
+      '"hits", hits, "scanned", scanned',
+    );
     const { tools } = await runJob('read secrets', [
       [
         'import os, time',
@@ -511,26 +525,15 @@ describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {
   });
 
   test('there is no Docker socket, nor any other socket file, inside', async () => {
-    // The walk covers the whole filesystem but /proc and /sys. It reads entry types from the
-    // directory listing (an lstat per file is slow under gVisor) and keeps its place in the job's
-    // globals, so each cell walks for a while under the time limit and the next goes on.
     // A socket the code binds itself shows that the walk does find sockets.
-    const walk = [
-      'deadline = time.monotonic() + 3.0',
-      'while pending and time.monotonic() < deadline:',
-      '    try:',
-      '        with os.scandir(pending.pop()) as entries:',
-      '            for entry in entries:',
-      '                if entry.is_dir(follow_symlinks=False):',
-      '                    if entry.path not in ("/proc", "/sys"):',
-      '                        pending.append(entry.path)',
-      '                elif not entry.is_file(follow_symlinks=False) and not entry.is_symlink():',
-      '                    if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):',
-      '                        sockets.append(entry.path)',
-      '    except OSError:',
-      '        pass',
-      'print("sockets", sorted(sockets), "complete", not pending)',
-    ];
+    const walk = resumableWalk(
+      [
+        'if not entry.is_file(follow_symlinks=False) and not entry.is_symlink():',
+        '    if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):',
+        '        sockets.append(entry.path)',
+      ],
+      '"sockets", sorted(sockets)',
+    );
     const { tools } = await runJob('docker socket', [
       [
         'import os, socket, stat, time',
