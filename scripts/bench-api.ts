@@ -5,9 +5,11 @@
  *      endpoint (express.json() + a 202 with a small JSON body). Both servers run in a child process
  *      (`node --import tsx …`), autocannon runs in this one, so both cases share the cores the same
  *      way. Rounds alternate between the two (and swap order each round); medians are quoted.
- *   2. Latency from POST /v1/jobs returning to the worker starting the job (the job's `startedAt`,
- *      written by the worker in markRunning), against bare BullMQ: `add` returning to the processor
- *      starting. Jobs go one at a time, each waited for to its end, so queueing does not pollute.
+ *   2. Latency from POST /v1/jobs returning to the worker starting the job (its `job.started` log
+ *      line, written once markRunning has recorded the start in Redis), against bare BullMQ: `add`
+ *      returning to the processor starting; both also from the call, for reference. API, worker and BullMQ all run in this process, so one sub-millisecond clock
+ *      (performance.now()) times both. Jobs go one at a time, each waited for to its end, so
+ *      queueing does not pollute.
  * Every Redis key made lives under one random prefix and is removed at the end (SCAN + UNLINK).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -23,7 +25,8 @@ import express from 'express';
 import { Redis } from 'ioredis';
 import { startApi } from '../services/api/src/api-service';
 import { loadConfig } from '../services/shared/src/config';
-import { closeRedis, createApiRedis, createWorkerRedis } from '../services/shared/src/redis';
+import { createLogger } from '../services/shared/src/logger';
+import { closeRedis, createWorkerRedis } from '../services/shared/src/redis';
 import { startWorker } from '../services/worker/src/worker-service';
 import { startModelServer } from '../test/support/model-server';
 
@@ -246,12 +249,12 @@ async function throughput(redis: Redis): Promise<{ api: LoadResult[]; bare: Load
 interface StartLatency {
   fromCall: number[];
   fromReturn: number[];
-  /** The API's case split at the job's createdAt (stamped by the handler just before store.create). */
-  callToCreated?: number[];
-  createdToStart?: number[];
 }
 
-/** POST /v1/jobs → the worker's `startedAt` (written by markRunning), one job at a time. */
+/** Wall-clock ms with sub-millisecond resolution, one clock for every timing in this process. */
+const now = (): number => performance.timeOrigin + performance.now();
+
+/** POST /v1/jobs → the worker's `job.started` log line (written once markRunning returns), one job at a time. */
 async function apiStartLatency(): Promise<StartLatency> {
   const model = await startModelServer();
   const prefix = `${PREFIX}-e2e`;
@@ -271,27 +274,34 @@ async function apiStartLatency(): Promise<StartLatency> {
   const reader = createWorkerRedis(REDIS_URL);
   let api: Awaited<ReturnType<typeof startApi>> | undefined;
   let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
+  // The worker's log is read as it is written: pino writes each line synchronously.
+  const started = new Map<string, number>();
+  const destination = {
+    write(line: string): void {
+      if (!line.includes('"event":"job.started"')) return;
+      const at = now();
+      started.set((JSON.parse(line) as { jobId: string }).jobId, at);
+    },
+  };
   try {
     api = await startApi(config);
-    worker = await startWorker(config);
-    const samples: Required<StartLatency> = { fromCall: [], fromReturn: [], callToCreated: [], createdToStart: [] };
+    worker = await startWorker(config, { logger: createLogger({ level: 'info', service: 'worker', destination }) });
+    const samples: StartLatency = { fromCall: [], fromReturn: [] };
     for (let i = 0; i < WARMUP_JOBS + JOBS; i++) {
-      const called = Date.now();
+      const called = now();
       const res = await fetch(`${api.url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: BODY });
       const created = (await res.json()) as { id: string };
-      const returned = Date.now();
+      const returned = now();
       if (res.status !== 202) throw new Error(`POST /v1/jobs answered ${res.status}`);
       await waitForEnd(reader, `${prefix}:job:${created.id}:events`);
       // As in (b), the next job goes only once BullMQ has completed this one (removeOnComplete drops its key).
       await waitForGone(reader, `${prefix}:jobs:${created.id}`);
-      const job = (await (await fetch(`${api.url}/v1/jobs/${created.id}`)).json()) as { status: string; createdAt: string; startedAt: string | null };
-      if (job.status !== 'succeeded' || job.startedAt === null) throw new Error(`job ${created.id} ended ${job.status}`);
+      const job = (await (await fetch(`${api.url}/v1/jobs/${created.id}`)).json()) as { status: string };
+      const startedAt = started.get(created.id);
+      if (job.status !== 'succeeded' || startedAt === undefined) throw new Error(`job ${created.id} ended ${job.status}`);
       if (i < WARMUP_JOBS) continue;
-      const startedAt = Date.parse(job.startedAt);
       samples.fromCall.push(startedAt - called);
       samples.fromReturn.push(startedAt - returned);
-      samples.callToCreated.push(Date.parse(job.createdAt) - called);
-      samples.createdToStart.push(startedAt - Date.parse(job.createdAt));
     }
     return samples;
   } finally {
@@ -330,15 +340,16 @@ async function waitForGone(redis: Redis, key: string): Promise<void> {
 /** Bare BullMQ `add` → the processor starting, one job at a time. */
 async function bullmqStartLatency(concurrency: number): Promise<StartLatency> {
   const prefix = `${PREFIX}-bull`;
-  // The same kinds of connection the API (queue) and the worker use.
-  const queueConn = createApiRedis(REDIS_URL);
+  // Plain connections, as a bare BullMQ user would make them (the API's own adds auto-pipelining,
+  // which batches commands under load but can delay a lone one by a tick).
+  const queueConn = new Redis(REDIS_URL);
   const workerConn = createWorkerRedis(REDIS_URL);
   const queue = new Queue<{ jobId: string }>('jobs', { connection: queueConn, prefix });
   const started = new Map<string, number>();
   const worker = new Worker<{ jobId: string }>(
     'jobs',
     async (job) => {
-      started.set(job.data.jobId, Date.now());
+      started.set(job.data.jobId, now());
     },
     { connection: workerConn, prefix, concurrency },
   );
@@ -355,9 +366,9 @@ async function bullmqStartLatency(concurrency: number): Promise<StartLatency> {
         };
         worker.on('completed', onCompleted);
       });
-      const called = Date.now();
+      const called = now();
       await queue.add('agent', { jobId }, { jobId, attempts: 3, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: true, removeOnFail: true });
-      const returned = Date.now();
+      const returned = now();
       await completed;
       if (i < WARMUP_JOBS) continue;
       samples.fromCall.push((started.get(jobId) as number) - called);
@@ -378,7 +389,7 @@ const mean = (samples: number[]): number => samples.reduce((a, b) => a + b, 0) /
 
 function latencyRow(name: string, samples: number[]): void {
   console.log(
-    `  ${name.padEnd(46)} n=${samples.length}  p50 ${fmt(median(samples), 0).padStart(3)}  p95 ${fmt(pct(samples, 95), 0).padStart(3)}  p99 ${fmt(pct(samples, 99), 0).padStart(3)}  mean ${fmt(mean(samples), 2).padStart(5)}`,
+    `  ${name.padEnd(46)} n=${samples.length}  p50 ${fmt(median(samples), 2).padStart(6)}  p95 ${fmt(pct(samples, 95), 2).padStart(6)}  p99 ${fmt(pct(samples, 99), 2).padStart(6)}  mean ${fmt(mean(samples), 2).padStart(6)}`,
   );
 }
 
@@ -414,7 +425,7 @@ async function main(): Promise<void> {
     results.push(`RESULT post_rps_ratio=${fmt(rpsRatio, 2)} (target >= ${TARGET_RPS_RATIO}) ${rpsRatio >= TARGET_RPS_RATIO ? 'PASS' : 'FAIL'}`);
 
     console.log(`\n2. Enqueue → worker start: ${JOBS} sequential jobs per case after ${WARMUP_JOBS} warm-up, each waited for to its end;`);
-    console.log('   ms on one host clock (Date.now() and startedAt have 1 ms resolution: the means are steadier than p50s)');
+    console.log('   ms, timed in this process by performance.now()');
     const bull = await bullmqStartLatency(loadConfig({}).WORKER_CONCURRENCY);
     let e2e: StartLatency | undefined;
     try {
@@ -422,19 +433,18 @@ async function main(): Promise<void> {
     } catch (err) {
       console.log(`  (a) skipped: ${(err as Error).message}`);
     }
-    if (e2e) latencyRow('(a) POST /v1/jobs sent → startedAt', e2e.fromCall);
+    if (e2e) latencyRow('(a) POST /v1/jobs sent → worker start', e2e.fromCall);
     latencyRow('(b) bare BullMQ add called → processor start', bull.fromCall);
-    if (e2e) latencyRow('(a) POST /v1/jobs returned → startedAt', e2e.fromReturn);
+    if (e2e) latencyRow('(a) POST /v1/jobs returned → worker start', e2e.fromReturn);
     latencyRow('(b) bare BullMQ add returned → processor start', bull.fromReturn);
-    if (e2e?.callToCreated && e2e.createdToStart) {
-      latencyRow('(a) split: POST sent → createdAt', e2e.callToCreated);
-      latencyRow('(a) split: createdAt → startedAt', e2e.createdToStart);
-    }
     if (e2e) {
-      // From the moment the enqueue is asked for: measured from its return, the API's p50 is about 0 or
-      // negative (the worker starts while the API still reads the job back and answers), so no ratio holds.
-      const ratio = median(e2e.fromCall) / Math.max(median(bull.fromCall), 1);
-      console.log(`  ratio (a)/(b), from the call, p50: ${fmt(ratio, 2)}  mean: ${fmt(mean(e2e.fromCall) / mean(bull.fromCall), 2)}`);
+      // The target, as the issue states it: from the enqueue returning to its caller (the POST's
+      // response read by the client; BullMQ's add resolving) to the job starting. Measured from the
+      // call instead, (a) also holds a whole HTTP round trip (client, Express, validation, the job
+      // record) that (b) has no counterpart for: printed for reference.
+      const ratio = median(e2e.fromReturn) / median(bull.fromReturn);
+      console.log(`  ratio (a)/(b), from the return, p50: ${fmt(ratio, 2)}  mean: ${fmt(mean(e2e.fromReturn) / mean(bull.fromReturn), 2)}`);
+      console.log(`  ratio (a)/(b), from the call (a with its HTTP round trip), p50: ${fmt(median(e2e.fromCall) / median(bull.fromCall), 2)}  mean: ${fmt(mean(e2e.fromCall) / mean(bull.fromCall), 2)}`);
       results.push(`RESULT start_latency_p50_ratio=${fmt(ratio, 2)} (target <= ${TARGET_START_RATIO}) ${ratio <= TARGET_START_RATIO ? 'PASS' : 'FAIL'}`);
     } else {
       results.push(`RESULT start_latency_p50_ratio=n/a (target <= ${TARGET_START_RATIO}) SKIPPED`);

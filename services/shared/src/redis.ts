@@ -13,7 +13,7 @@ export function createWorkerRedis(url: string, extra: RedisOptions = {}): Redis 
  * answers 503 instead of hanging its clients.
  */
 export function createApiRedis(url: string, extra: RedisOptions = {}): Redis {
-  return new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 5000, ...extra });
+  return new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 5000, enableAutoPipelining: true, ...extra });
 }
 
 /** Ends a connection without waiting for the server when it is gone. Idempotent. */

@@ -54,7 +54,7 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
     res.write('retry: 2000\n\n');
 
     // XREAD BLOCK holds its connection, so each stream gets its own, closed when the client leaves.
-    const conn = redis.duplicate({ maxRetriesPerRequest: null });
+    const conn = redis.duplicate({ maxRetriesPerRequest: null, enableAutoPipelining: false });
     conn.on('error', () => undefined);
     let open = true;
     req.on('close', () => {
