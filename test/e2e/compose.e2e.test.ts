@@ -189,6 +189,8 @@ beforeAll(async () => {
     WORKER_SHUTDOWN_GRACE_MS: '5000',
     WORKER_STOP_GRACE_PERIOD: '15s',
     REAPER_INTERVAL_MS: '2000',
+    // Thirty jobs polled at once go far past a caller's default limit (tested in auth.test.ts).
+    RATE_LIMIT_PER_MINUTE: '0',
   };
   await writeEnvFile();
   apiUrl = `http://127.0.0.1:${apiPort}`;

@@ -51,6 +51,9 @@ export function stackEnv(model: ModelServer, prefix: string, extra: Record<strin
     SANDBOX_POOL_SIZE: '1',
     WORKER_CONCURRENCY: '2',
     LOG_LEVEL: 'info',
+    // Tests poll their jobs every 50 ms, far past a caller's default limit; the limit has its own
+    // tests (auth.test.ts), with a limit of their own.
+    RATE_LIMIT_PER_MINUTE: '0',
     ...extra,
   };
 }
