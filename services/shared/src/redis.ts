@@ -10,7 +10,8 @@ export function createWorkerRedis(url: string, extra: RedisOptions = {}): Redis 
 
 /**
  * A connection for request handlers: commands fail fast while Redis is unreachable, so the API
- * answers 503 instead of hanging its clients.
+ * answers 503 instead of hanging its clients. Commands issued in the same tick (concurrent requests)
+ * go out in one write: auto-pipelining. A connection that blocks (XREAD BLOCK) turns it off.
  */
 export function createApiRedis(url: string, extra: RedisOptions = {}): Redis {
   return new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 5000, enableAutoPipelining: true, ...extra });
