@@ -106,18 +106,10 @@ export interface ArtifactInfo {
   step: number;
 }
 
-/** A job as the API shows it. */
-export interface JobView {
+/** A job as the API shows it: its request as resolved (the owner is not shown), then its state. */
+export interface JobView extends Omit<JobSpec, 'caller'> {
   id: string;
   status: JobStatus;
-  task: string;
-  provider: string;
-  model: string;
-  system?: string;
-  tools: ToolName[];
-  maxSteps: number;
-  timeoutSeconds: number;
-  metadata: Record<string, string>;
   createdAt: string;
   startedAt: string | null;
   finishedAt: string | null;

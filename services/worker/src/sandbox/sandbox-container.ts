@@ -7,7 +7,7 @@ import { buildContainerSpec, OUTPUT_DIR, type SandboxContainerLabels } from './c
 import { contentTypeOf } from './content-type';
 import { LineReader } from './line-reader';
 import { extractSingleFile } from './tar-reader';
-import type { Artifact, SandboxSettings } from './types';
+import type { Artifact, ExecResult, SandboxSettings } from './types';
 
 const MIB = 1024 * 1024;
 const MAX_LINE_BYTES = 4 * MIB;
@@ -22,15 +22,11 @@ const DEFAULT_READY_TIMEOUT_MS = 30_000;
 /** Why a container can no longer serve: its interpreter state is gone. */
 export type LossReason = 'timeout' | 'cancelled' | 'crashed' | 'protocol' | 'removed';
 
-export interface CellOutcome {
-  stdout: string;
-  stderr: string;
-  exitCode: number;
-  error?: string;
-  timedOut: boolean;
-  truncated: { stdout: boolean; stderr: boolean };
+/** What the runner reports of one cell: the execution's result before its files are pulled. */
+export interface CellOutcome extends Pick<ExecResult, 'stdout' | 'stderr' | 'exitCode' | 'error' | 'timedOut' | 'truncated'> {
+  /** New or changed files in the output dir, still in the container. */
   files: { name: string; size: number }[];
-  skipped: { name: string; reason: string }[];
+  skipped: ExecResult['skippedArtifacts'];
 }
 
 type Waiter = { resolve: (msg: Record<string, unknown>) => void; fail: (reason: LossReason, detail: string) => void };
