@@ -2,12 +2,20 @@
 
 Protocol (over the container's stdin/stdout): after start-up the runner writes {"ready": true}.
 Each request is {"id": N, "code": "...", "limit"?: bytes}; each response is one line
-{"id", "stdout", "stderr", "exitCode", "error"?, "truncated": {"stdout", "stderr"}, "files", "skipped"}.
+{"id", "stdout", "stderr", "exitCode", "error"?, "truncated": {"stdout", "stderr"}, "files", "skipped",
+"stopped"}, where "files" lists [{"name", "size"}] and "stopped" counts the background processes
+ended with the cell. The bytes of the listed files follow, concatenated in list order, as lines
+{"id", "data": base64} of at most CHUNK_BYTES each.
+
+Files are read here, by the sandbox user, never by the host: a path the code chose is opened one
+component at a time without following a link, and only a regular file is read. Whatever the code
+does to this process, it can hand back only bytes it could read itself.
 
 Only this module writes to the saved copy of the original stdout: fds 0, 1 and 2 are repointed
 before any user code runs, so nothing the code prints (or its subprocesses print) reaches the frame
 stream, and nothing it reads from stdin can swallow the next request.
 """
+import base64
 import builtins
 import ctypes
 import errno
@@ -15,9 +23,11 @@ import json
 import os
 import platform
 import queue
+import signal
 import stat
 import sys
 import threading
+import time
 import traceback
 
 OUTPUT_DIR = "/output"
@@ -31,6 +41,10 @@ MAX_DEPTH = 8
 MAX_SKIPPED_LISTED = 20
 MAX_NAME_BYTES = 255
 MPL_CACHE_SEED = "/opt/maestro/matplotlib"
+# Raw bytes per data line: 1 MiB of base64, well under the host's line limit.
+CHUNK_BYTES = 768 * 1024
+# How long the processes a cell left behind get to disappear after SIGKILL.
+STOP_WAIT_SECONDS = 2.0
 
 
 class Capture:
@@ -101,27 +115,60 @@ def clean_name(rel):
     return True
 
 
+def open_beneath(root_fd, rel):
+    """Opens `rel` below the directory `root_fd` for reading, following no link at any component.
+
+    Returns (fd, stat) of a regular file, or raises OSError. O_NONBLOCK keeps a FIFO or a device
+    from blocking the open; fstat on the opened descriptor (not the path) decides what was opened.
+    """
+    parts = rel.split("/")
+    dir_fd = root_fd
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            if dir_fd != root_fd:
+                os.close(dir_fd)
+            dir_fd = next_fd
+        fd = os.open(
+            parts[-1],
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+            dir_fd=dir_fd,
+        )
+    finally:
+        if dir_fd != root_fd:
+            os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd, st
+
+
+def read_capped(fd, cap):
+    """At most cap + 1 bytes of fd: one byte past the cap tells a file that grew over it."""
+    chunks, size = [], 0
+    while size <= cap:
+        data = os.read(fd, min(1 << 20, cap + 1 - size))
+        if not data:
+            break
+        chunks.append(data)
+        size += len(data)
+    return b"".join(chunks)
+
+
 class OutputWatcher:
-    """Reports regular files in the output dir that are new or changed since the previous cell."""
+    """Hands back regular files in the output dir that are new or changed since the previous cell."""
 
     def __init__(self, root):
         self.root = root
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.seen = {}
 
     def scan(self):
-        files, skipped = [], []
-        skipped_more = 0
-        total = 0
+        """Names of new or changed entries, and the ones refused on sight."""
+        names, skipped = [], []
         visited = 0
         stack = [("", 0)]
-
-        def skip(name, reason):
-            nonlocal skipped_more
-            if len(skipped) < MAX_SKIPPED_LISTED:
-                skipped.append({"name": name, "reason": reason})
-            else:
-                skipped_more += 1
-
         while stack:
             rel_dir, depth = stack.pop()
             try:
@@ -132,7 +179,7 @@ class OutputWatcher:
                 for entry in it:
                     visited += 1
                     if visited > MAX_SCAN_ENTRIES:
-                        skip("", "scan limit of %d entries reached" % MAX_SCAN_ENTRIES)
+                        skipped.append(("", "scan limit of %d entries reached" % MAX_SCAN_ENTRIES))
                         stack.clear()
                         break
                     rel = rel_dir + "/" + entry.name if rel_dir else entry.name
@@ -140,33 +187,113 @@ class OutputWatcher:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    key = (st.st_mtime_ns, st.st_size, st.st_ino)
                     if stat.S_ISDIR(st.st_mode):
                         if depth + 1 < MAX_DEPTH and clean_name(rel):
                             stack.append((rel, depth + 1))
                         continue
+                    key = (st.st_mtime_ns, st.st_size, st.st_ino)
                     if self.seen.get(rel) == key:
                         continue
                     self.seen[rel] = key
                     shown = rel if clean_name(rel) else ""
                     if stat.S_ISLNK(st.st_mode):
-                        skip(shown, "symbolic link")
+                        skipped.append((shown, "symbolic link"))
                     elif not stat.S_ISREG(st.st_mode):
-                        skip(shown, "not a regular file")
+                        skipped.append((shown, "not a regular file"))
                     elif not shown:
-                        skip("", "file name is not a clean relative path")
-                    elif len(files) >= MAX_FILES:
-                        skip(shown, "more than %d files" % MAX_FILES)
-                    elif st.st_size > MAX_FILE_BYTES:
-                        skip(shown, "larger than %d bytes" % MAX_FILE_BYTES)
-                    elif total + st.st_size > MAX_TOTAL_BYTES:
-                        skip(shown, "total size over %d bytes" % MAX_TOTAL_BYTES)
+                        skipped.append(("", "file name is not a clean relative path"))
                     else:
-                        total += st.st_size
-                        files.append({"name": rel, "size": st.st_size})
-        if skipped_more:
-            skipped.append({"name": "", "reason": "%d more not listed" % skipped_more})
-        return files, skipped
+                        names.append(shown)
+        return names, skipped
+
+    def collect(self):
+        """The files to hand back, as (listing, concatenated bytes, skipped)."""
+        names, refused = self.scan()
+        files, blobs, skipped = [], [], list(refused)
+        total = 0
+        for name in names:
+            if len(files) >= MAX_FILES:
+                skipped.append((name, "more than %d files" % MAX_FILES))
+                continue
+            try:
+                fd, st = open_beneath(self.root_fd, name)
+            except OSError:
+                # A link at some component, a swap since the scan, or not readable by this user.
+                skipped.append((name, "not a regular file this user can read"))
+                continue
+            try:
+                if st.st_size > MAX_FILE_BYTES:
+                    skipped.append((name, "larger than %d bytes" % MAX_FILE_BYTES))
+                    continue
+                data = read_capped(fd, MAX_FILE_BYTES)
+            except OSError:
+                skipped.append((name, "could not be read"))
+                continue
+            finally:
+                os.close(fd)
+            if len(data) > MAX_FILE_BYTES:
+                skipped.append((name, "larger than %d bytes" % MAX_FILE_BYTES))
+            elif total + len(data) > MAX_TOTAL_BYTES:
+                skipped.append((name, "total size over %d bytes" % MAX_TOTAL_BYTES))
+            else:
+                total += len(data)
+                files.append({"name": name, "size": len(data)})
+                blobs.append(data)
+        listed = [{"name": n, "reason": r} for n, r in skipped[:MAX_SKIPPED_LISTED]]
+        if len(skipped) > MAX_SKIPPED_LISTED:
+            listed.append({"name": "", "reason": "%d more not listed" % (len(skipped) - MAX_SKIPPED_LISTED)})
+        return files, b"".join(blobs), listed
+
+
+def cell_processes(me):
+    """Live processes of this sandbox other than init (pid 1) and this runner; zombies do not count."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in (1, me):
+            continue
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z":
+            pids.append(pid)
+    return pids
+
+
+def reap_children():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def stop_cell_processes():
+    """Ends every process the cell started: daemons in new sessions, double forks, SIGTERM-deaf ones.
+
+    kill(-1) reaches every process this user may signal in the sandbox's PID namespace except init
+    and the caller; every process here runs as the sandbox user, so that is all of them. Returns how
+    many there were.
+    """
+    me = os.getpid()
+    left = cell_processes(me)
+    if not left:
+        return 0
+    count = len(left)
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while left and time.monotonic() < deadline:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        reap_children()
+        time.sleep(0.001)
+        left = cell_processes(me)
+    return count
 
 
 def exit_code_of(exc):
@@ -207,16 +334,17 @@ def run_cell(code, env, limit):
             except Exception:
                 pass
         sys.stdout, sys.stderr = saved
-        # Repointing 1 and 2 closes the last write ends this process holds; the readers then see EOF
-        # unless a background child still holds a copy, which is why the joins have a timeout.
+        # Repointing 1 and 2 closes the last write ends this process holds; once the cell's other
+        # processes are gone too, the readers see EOF.
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
         os.dup2(null, 2)
         os.close(null)
+    stopped = stop_cell_processes()
     for key, cap in (("out", out), ("err", err)):
         if not cap.done.wait(2.0):
-            # A background child still holds the pipe open: leave that drainer to it (it keeps
-            # dropping what it reads) and give the next cells a fresh one.
+            # Something outlived the kill and still holds the pipe (it cannot, short of a process
+            # stuck in the kernel): leave that drainer to it and give the next cells a fresh one.
             DRAINERS[key] = Drainer()
     if error is not None and len(error) > limit:
         error = error[: limit // 2] + "\n[... traceback truncated ...]\n" + error[-limit // 2 :]
@@ -226,6 +354,7 @@ def run_cell(code, env, limit):
         "exitCode": exit_code,
         "error": error,
         "truncated": {"stdout": out.dropped > 0, "stderr": err.dropped > 0},
+        "stopped": stopped,
     }
 
 
@@ -337,13 +466,15 @@ def main():
             send({"id": None, "protocolError": str(exc)})
             continue
         result = run_cell(code, env, limit)
-        files, skipped = watcher.scan()
+        files, data, skipped = watcher.collect()
         result["id"] = rid
         result["files"] = files
         result["skipped"] = skipped
         if result["error"] is None:
             del result["error"]
         send(result)
+        for start in range(0, len(data), CHUNK_BYTES):
+            send({"id": rid, "data": base64.b64encode(data[start : start + CHUNK_BYTES]).decode("ascii")})
 
 
 if __name__ == "__main__":

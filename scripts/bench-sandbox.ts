@@ -53,7 +53,7 @@ async function sessions(docker: Dockerode, runtime: SandboxRuntime): Promise<{ f
     logger: createLogger({ level: 'warn', service: 'bench' }),
     settings: {
       image: IMAGE, runtime, timeoutMs: 30_000, memoryMb: 512, cpus: 1, pids: 128, poolSize: 1,
-      allowedDirs: [], outputLimitBytes: 64 * 1024, tmpSizeMb: 64, workerId: WORKER_ID,
+      allowedDirs: [], readOnlySubmounts: [], outputLimitBytes: 64 * 1024, tmpSizeMb: 64, workerId: WORKER_ID, deploymentId: WORKER_ID,
     },
   });
   const first: number[] = [];

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { JobView, ToolStep } from '../../services/shared/src/job-schema';
+import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
 import { waitFor } from '../support/wait-for';
 
 const run = promisify(execFile);
@@ -28,6 +29,7 @@ let controlUrl = '';
 let envFile = '';
 let vars: Record<string, string> = {};
 const tempDirs: string[] = [];
+let allowedDir = '';
 let allowedFile = '';
 let outsideFile = '';
 let secret = '';
@@ -159,9 +161,10 @@ async function waitForHealthy(service: string, count: number): Promise<void> {
 }
 
 beforeAll(async () => {
-  const allowed = await mkdtemp(join(tmpdir(), 'maestro-e2e-allowed-'));
+  const allowed = await makeAllowedDir('e2e-allowed');
   const outside = await mkdtemp(join(tmpdir(), 'maestro-e2e-outside-'));
-  tempDirs.push(allowed, outside);
+  allowedDir = allowed;
+  tempDirs.push(outside);
   secret = `secret-${randomBytes(6).toString('hex')}`;
   allowedFile = join(allowed, 'hello.txt');
   outsideFile = join(outside, 'secret.txt');
@@ -216,6 +219,7 @@ afterAll(async () => {
   if (images.length > 0) await docker(['rmi', '-f', ...new Set(images)]).catch((err: unknown) => console.error(err));
   for (const dir of tempDirs) await rm(dir, { recursive: true, force: true });
   if (envFile) await rm(envFile, { force: true });
+  if (allowedDir) await removeAllowedDir(allowedDir);
 }, 120_000);
 
 describe('docker compose up', () => {

@@ -6,13 +6,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import type { JobView, ToolStep } from '../../services/shared/src/job-schema';
 import { workerHeartbeatKey } from '../../services/shared/src/queue';
 import { LABEL } from '../../services/worker/src/sandbox/container-spec';
+import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
 import { containersWith, docker } from '../support/docker';
 import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { request, startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
@@ -72,7 +72,7 @@ let hostPort: number;
 let hostConnections = 0;
 
 beforeAll(async () => {
-  root = await mkdtemp(path.join(os.tmpdir(), 'maestro-abuse-'));
+  root = await makeAllowedDir('abuse');
   allowed = path.join(root, 'allowed');
   await mkdir(allowed, { mode: 0o755 });
   // mkdir's mode is masked by the umask; the sandbox user (65534) must be able to read it.
@@ -94,7 +94,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await model?.close();
   await new Promise((resolve) => hostServer?.close(resolve));
-  if (root) await rm(root, { recursive: true, force: true });
+  if (root) await removeAllowedDir(root);
 });
 
 describe.each(['runc', 'runsc'] as const)('abuse under %s', (runtime) => {

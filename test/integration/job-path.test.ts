@@ -3,10 +3,10 @@
  * Anthropic SDKs talking to the scripted model server → Python in a real sandbox container.
  */
 import { createServer, type Server } from 'node:net';
-import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ToolStep } from '../../services/shared/src/job-schema';
+import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
 import { CONTAINER_ID_CODE, docker } from '../support/docker';
 import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
@@ -22,7 +22,7 @@ let hostPort: number;
 const script: Record<string, ScriptedReply[]> = {};
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'maestro-files-'));
+  root = await makeAllowedDir('files');
   allowed = join(root, 'data');
   await mkdir(allowed);
   await mkdir(join(root, 'data-evil'));
@@ -43,7 +43,7 @@ afterAll(async () => {
   await stack?.close();
   await model?.close();
   await new Promise((r) => hostServer?.close(r));
-  await rm(root, { recursive: true, force: true });
+  if (root) await removeAllowedDir(root);
 });
 
 const toolSteps = (steps: { type: string }[]): ToolStep[] => steps.filter((s): s is ToolStep => s.type === 'tool');

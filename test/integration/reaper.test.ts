@@ -1,25 +1,26 @@
+/** The reaper's rules, against real (created, never started) containers on the engine. */
 import { createLogger } from '../../services/shared/src/logger';
 import { buildContainerSpec, LABEL, type SandboxContainerLabels } from '../../services/worker/src/sandbox/container-spec';
-import { Reaper } from '../../services/worker/src/sandbox/reaper';
+import { Reaper, type SandboxAssignment } from '../../services/worker/src/sandbox/reaper';
 import type { SandboxSettings } from '../../services/worker/src/sandbox/types';
-import { containersWith, docker, sandboxImage, TEST_PREFIX } from '../support/docker';
+import { containersWith, docker, sandboxImage, TEST_LABEL, TEST_PREFIX, testRun, testSandboxSettings } from '../support/docker';
 
 const run = `${process.pid}-${Date.now()}`;
+const deployment = `${TEST_PREFIX}reaper-${run}`;
+const otherDeployment = `${TEST_PREFIX}reaper-other-${run}`;
 const liveWorker = `${TEST_PREFIX}reaper-live-${run}`;
 const deadWorker = `${TEST_PREFIX}reaper-dead-${run}`;
 const finishedJob = `reaper-finished-${run}`;
 const runningJob = `reaper-running-${run}`;
+const MAX_AGE_MS = 60 * 60_000;
 
-function settingsFor(workerId: string): SandboxSettings {
-  return {
-    image: sandboxImage(), runtime: 'runc', timeoutMs: 30_000, memoryMb: 256, cpus: 1, pids: 64, poolSize: 0,
-    allowedDirs: [], outputLimitBytes: 65_536, tmpSizeMb: 16, workerId,
-  };
+function settingsFor(workerId: string, deploymentId = deployment): SandboxSettings {
+  return testSandboxSettings({ runtime: 'runc', workerId, deploymentId });
 }
 
 /** A labelled sandbox container, created but never started: the reaper must see stopped ones too. */
-async function sandboxOf(workerId: string, labels: SandboxContainerLabels): Promise<string> {
-  const container = await docker.createContainer(buildContainerSpec(settingsFor(workerId), labels));
+async function sandboxOf(workerId: string, labels: SandboxContainerLabels, deploymentId?: string): Promise<string> {
+  const container = await docker.createContainer(buildContainerSpec(settingsFor(workerId, deploymentId), labels));
   return container.id;
 }
 
@@ -27,71 +28,81 @@ async function exists(id: string): Promise<boolean> {
   return docker.getContainer(id).inspect().then(() => true, () => false);
 }
 
-describe('the reaper', () => {
-  const reaper = new Reaper({
+function reaperWith(assignments: Map<string, SandboxAssignment>, deploymentId = deployment): Reaper {
+  return new Reaper({
     docker,
     logger: createLogger({ level: 'silent', service: 'reaper-test' }),
-    // Other suites run beside this one: every worker but this test's dead one counts as alive, so
-    // their containers are never this sweep's business.
+    deploymentId,
+    maxAgeMs: MAX_AGE_MS,
     isWorkerAlive: async (id) => id !== deadWorker,
     isJobFinished: async (id) => id === finishedJob,
+    assignmentOf: async (id) => assignments.get(id),
+  });
+}
+
+afterAll(async () => {
+  for (const workerId of [liveWorker, deadWorker]) {
+    const left = await containersWith({ [LABEL.worker]: workerId });
+    await Promise.allSettled(left.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true })));
+  }
+});
+
+test('removes the containers of a dead worker, a finished job, a past deadline or too great an age, and keeps live work', async () => {
+  const now = new Date();
+  const soon = new Date(now.getTime() + 10 * 60_000);
+  const ofDeadWorker = await sandboxOf(deadWorker, { jobId: runningJob, created: now, deadline: soon });
+  const poolOfDeadWorker = await sandboxOf(deadWorker, { jobId: '', created: now });
+  const ofFinishedJob = await sandboxOf(liveWorker, { jobId: finishedJob, created: now, deadline: soon });
+  const pastDeadline = await sandboxOf(liveWorker, { jobId: runningJob, created: now, deadline: new Date(now.getTime() - 1000) });
+  const tooOld = await sandboxOf(liveWorker, { jobId: '', created: new Date(now.getTime() - MAX_AGE_MS - 1000) });
+  const live = await sandboxOf(liveWorker, { jobId: runningJob, created: now, deadline: soon });
+  const livePool = await sandboxOf(liveWorker, { jobId: '', created: now });
+  const notOurs = await docker.createContainer({
+    Image: sandboxImage(),
+    Labels: { [TEST_LABEL]: testRun(), [LABEL.worker]: deadWorker, [LABEL.deployment]: deployment, [LABEL.role]: 'something-else' },
   });
 
-  afterAll(async () => {
-    for (const workerId of [liveWorker, deadWorker]) {
-      const left = await containersWith({ [LABEL.worker]: workerId });
-      await Promise.allSettled(left.map((c) => docker.getContainer(c.Id).remove({ force: true, v: true })));
-    }
-  });
+  try {
+    const removed = await reaperWith(new Map()).sweep();
 
-  it('removes the output volume a container left behind when it was removed without its volumes', async () => {
-    const id = await sandboxOf(deadWorker, { jobId: '', created: new Date() });
-    const volume = (await docker.getContainer(id).inspect()).Mounts.find((m) => m.Destination === '/output')?.Name;
-    expect(volume).toBeTruthy();
-    await docker.getContainer(id).remove({ force: true });
+    expect(removed).toBe(5);
+    for (const id of [ofDeadWorker, poolOfDeadWorker, ofFinishedJob, pastDeadline, tooOld]) expect(await exists(id)).toBe(false);
+    for (const id of [live, livePool, notOurs.id]) expect(await exists(id)).toBe(true);
+  } finally {
+    await notOurs.remove({ force: true, v: true });
+  }
+});
 
-    await reaper.sweep();
+test('finds the job of a container taken from the pool by its assignment, since its labels still say none', async () => {
+  const now = new Date();
+  const soon = new Date(now.getTime() + 10 * 60_000);
+  const ofFinishedJob = await sandboxOf(liveWorker, { jobId: '', created: now });
+  const pastDeadline = await sandboxOf(liveWorker, { jobId: '', created: now });
+  const ofRunningJob = await sandboxOf(liveWorker, { jobId: '', created: now });
+  const assignments = new Map<string, SandboxAssignment>([
+    [ofFinishedJob, { jobId: finishedJob, deadline: soon }],
+    [pastDeadline, { jobId: runningJob, deadline: new Date(now.getTime() - 1000) }],
+    [ofRunningJob, { jobId: runningJob, deadline: soon }],
+  ]);
 
-    expect(await docker.getVolume(volume as string).inspect().then(() => true, () => false)).toBe(false);
-  });
+  expect(await reaperWith(assignments).sweep()).toBe(2);
 
-  it('removes the containers of a dead worker, a finished job or a past deadline, and keeps live work', async () => {
-    const now = new Date();
-    const soon = new Date(now.getTime() + 10 * 60_000);
-    const ofDeadWorker = await sandboxOf(deadWorker, { jobId: runningJob, created: now, deadline: soon });
-    const poolOfDeadWorker = await sandboxOf(deadWorker, { jobId: '', created: now });
-    const ofFinishedJob = await sandboxOf(liveWorker, { jobId: finishedJob, created: now, deadline: soon });
-    const pastDeadline = await sandboxOf(liveWorker, { jobId: runningJob, created: now, deadline: new Date(now.getTime() - 1000) });
-    const live = await sandboxOf(liveWorker, { jobId: runningJob, created: now, deadline: soon });
-    const livePool = await sandboxOf(liveWorker, { jobId: '', created: now });
-    const notOurs = await docker.createContainer({
-      Image: sandboxImage(),
-      Labels: { [LABEL.worker]: deadWorker, [LABEL.role]: 'something-else' },
-    });
+  expect(await exists(ofFinishedJob)).toBe(false);
+  expect(await exists(pastDeadline)).toBe(false);
+  expect(await exists(ofRunningJob)).toBe(true);
+});
 
-    try {
-      const removed = await reaper.sweep();
+test("leaves another deployment's containers alone, and any without a deployment, even when their worker looks dead and their job ended here", async () => {
+  const theirs = await sandboxOf(deadWorker, { jobId: finishedJob, created: new Date(0) }, otherDeployment);
+  const ours = await sandboxOf(deadWorker, { jobId: runningJob, created: new Date() });
+  // As a version before deployment ids labelled its sandboxes: nothing says whose it is.
+  const spec = buildContainerSpec(settingsFor(deadWorker), { jobId: finishedJob, created: new Date(0) });
+  delete spec.Labels?.[LABEL.deployment];
+  const unowned = (await docker.createContainer(spec)).id;
 
-      expect(removed).toBeGreaterThanOrEqual(4);
-      for (const id of [ofDeadWorker, poolOfDeadWorker, ofFinishedJob, pastDeadline]) expect(await exists(id)).toBe(false);
-      for (const id of [live, livePool, notOurs.id]) expect(await exists(id)).toBe(true);
-    } finally {
-      await notOurs.remove({ force: true, v: true });
-    }
-  });
+  await reaperWith(new Map()).sweep();
 
-  it("leaves another deployment's containers alone, even when their worker looks dead to this one", async () => {
-    const scoped = new Reaper({
-      docker,
-      logger: createLogger({ level: 'silent', service: 'reaper-test' }),
-      isWorkerAlive: async () => false,
-      isJobFinished: async () => true,
-      owns: (id) => id === liveWorker,
-    });
-    const theirs = await sandboxOf(deadWorker, { jobId: runningJob, created: new Date() });
-    const ours = await sandboxOf(liveWorker, { jobId: runningJob, created: new Date() });
-    await scoped.sweep();
-    expect(await exists(theirs)).toBe(true);
-    expect(await exists(ours)).toBe(false);
-  });
+  expect(await exists(theirs)).toBe(true);
+  expect(await exists(unowned)).toBe(true);
+  expect(await exists(ours)).toBe(false);
 });

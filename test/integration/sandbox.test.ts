@@ -1,13 +1,13 @@
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createLogger } from '../../services/shared/src/logger';
 import { LABEL } from '../../services/worker/src/sandbox/container-spec';
 import { SandboxManager } from '../../services/worker/src/sandbox/sandbox-manager';
 import type { SandboxRuntime, SandboxSession, SandboxSettings } from '../../services/worker/src/sandbox/types';
-import { containersWith, docker, sandboxImage, TEST_PREFIX } from '../support/docker';
+import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
+import { containersWith, docker, TEST_PREFIX, testSandboxSettings } from '../support/docker';
 import { waitFor } from '../support/wait-for';
 
 const logger = createLogger({ level: 'silent', service: 'sandbox-test' });
@@ -39,23 +39,9 @@ describe.each(['runc', 'runsc'] as const)('the sandbox under %s', (runtime: Sand
 
   beforeAll(async () => {
     process.env.MAESTRO_SANDBOX_TEST_MARKER = 'worker-secret-value';
-    allowedDir = await mkdtemp(path.join(os.tmpdir(), 'maestro-allowed-'));
+    allowedDir = await makeAllowedDir(`sandbox-${runtime}`);
     await writeFile(path.join(allowedDir, 'data.txt'), 'allowed content');
-    // mkdtemp makes the dir 0700; the sandbox user (65534) must be able to read it, as in production.
-    await chmod(allowedDir, 0o755);
-    settings = {
-      image: sandboxImage(),
-      runtime,
-      timeoutMs: 30_000,
-      memoryMb: 512,
-      cpus: 1,
-      pids: 128,
-      poolSize: 1,
-      allowedDirs: [allowedDir],
-      outputLimitBytes: 64 * 1024,
-      tmpSizeMb: 64,
-      workerId,
-    };
+    settings = testSandboxSettings({ runtime, workerId, poolSize: 1, allowedDirs: [allowedDir] });
     manager = new SandboxManager({ docker, settings, logger });
     await manager.start();
   });
@@ -67,7 +53,7 @@ describe.each(['runc', 'runsc'] as const)('the sandbox under %s', (runtime: Sand
   afterAll(async () => {
     await manager?.close();
     await removeAllOf(workerId);
-    if (allowedDir) await rm(allowedDir, { recursive: true, force: true });
+    if (allowedDir) await removeAllowedDir(allowedDir);
     delete process.env.MAESTRO_SANDBOX_TEST_MARKER;
   });
 

@@ -89,3 +89,27 @@ test("a worker killed with SIGKILL leaves containers that a new worker's reaper 
     await stack.close();
   }
 }, 90_000);
+
+describe('the runtime warning at worker start', () => {
+  const apiKeys = { AUTH_MODE: 'api-key', API_KEYS: 'alice:alice-key-0123456789abcdef0123456789abcdef' };
+
+  test.each([
+    ['warns when auth is on and sandboxes run under runc', { ...apiKeys, SANDBOX_RUNTIME: 'runc' }, true],
+    ['stays quiet when auth is on and sandboxes run under runsc', { ...apiKeys, SANDBOX_RUNTIME: 'runsc' }, false],
+    ['stays quiet when auth is off (loopback only) under runc', { SANDBOX_RUNTIME: 'runc' }, false],
+  ])('%s', async (_name, env, warns) => {
+    const stack = await startStack(model, { env: { ...env, SANDBOX_POOL_SIZE: '0' } });
+    try {
+      const lines = stack.logs.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event?: string; level: number; msg: string });
+      expect(lines.some((l) => l.event === 'worker.started')).toBe(true);
+      const warning = lines.filter((l) => l.event === 'worker.runtime_warning');
+      if (warns) {
+        expect(warning).toEqual([expect.objectContaining({ level: 40, msg: expect.stringContaining('SANDBOX_RUNTIME=runsc') })]);
+      } else {
+        expect(warning).toEqual([]);
+      }
+    } finally {
+      await stack.close();
+    }
+  });
+});

@@ -1,4 +1,5 @@
 import Docker from 'dockerode';
+import type { SandboxSettings } from '../../services/worker/src/sandbox/types';
 
 export const docker = new Docker();
 
@@ -45,3 +46,26 @@ export const CONTAINER_ID_CODE = [
   "m = re.search(r'/containers/([0-9a-f]{64})/', open('/proc/self/mountinfo').read())",
   "print('container=' + (m.group(1) if m else 'unknown'))",
 ].join('\n');
+
+/**
+ * Sandbox settings for tests that drive a SandboxManager directly: the production defaults scaled
+ * down, no pool, no allowed dirs, and the worker id doubling as the deployment id.
+ */
+export function testSandboxSettings(
+  overrides: Partial<SandboxSettings> & Pick<SandboxSettings, 'workerId' | 'runtime'>,
+): SandboxSettings {
+  return {
+    image: sandboxImage(),
+    timeoutMs: 30_000,
+    memoryMb: 512,
+    cpus: 1,
+    pids: 128,
+    poolSize: 0,
+    allowedDirs: [],
+    readOnlySubmounts: [],
+    outputLimitBytes: 64 * 1024,
+    tmpSizeMb: 64,
+    deploymentId: overrides.workerId,
+    ...overrides,
+  };
+}

@@ -60,9 +60,9 @@ export function stackEnv(model: ModelServer, prefix: string, extra: Record<strin
 
 export async function startStack(
   model: ModelServer,
-  opts: { env?: Record<string, string>; workers?: number } = {},
+  opts: { env?: Record<string, string>; workers?: number; prefix?: string } = {},
 ): Promise<Stack> {
-  const prefix = `${TEST_PREFIX}${randomBytes(4).toString('hex')}`;
+  const prefix = opts.prefix ?? `${TEST_PREFIX}${randomBytes(4).toString('hex')}`;
   const env = stackEnv(model, prefix, opts.env);
   const config = loadConfig(env);
   const logs: string[] = [];

@@ -27,6 +27,7 @@ function result(overrides: Partial<ExecResult> = {}): ExecResult {
     reset: false,
     artifacts: [],
     skippedArtifacts: [],
+    stoppedProcesses: 0,
     durationMs: 12,
     ...overrides,
   };
@@ -105,6 +106,15 @@ test('a run in a fresh interpreter after a reset warns that earlier state is gon
     '[note: the Python interpreter was restarted before this run; variables, imports and definitions from earlier calls are gone]\nstdout:\nok',
   );
   expect(out.isError).toBe(false);
+});
+
+test('background processes stopped at the end of a run are reported to the model and on the step', async () => {
+  const out = await execute(result({ stdout: 'started\n', stoppedProcesses: 2 }));
+  expect(out.output).toBe(
+    'stdout:\nstarted\n[note: 2 background processes left running by this code were stopped when it ended; every process a call starts ends with that call]',
+  );
+  expect(out.isError).toBe(false);
+  expect(out.detail).toMatchObject({ stoppedProcesses: 2 });
 });
 
 test('a killed process that did not time out is explained as lost state', async () => {

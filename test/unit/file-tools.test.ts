@@ -3,7 +3,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { createLogger } from '../../services/shared/src/logger';
-import { resolveAllowedDirs } from '../../services/worker/src/tools/path-guard';
 import { ALL_TOOLS, runToolCall, toolSpecs } from '../../services/worker/src/tools/registry';
 import type { Tool, ToolContext, ToolOutcome } from '../../services/worker/src/tools/tool';
 
@@ -29,7 +28,8 @@ beforeAll(async () => {
       run: () => Promise.reject(new Error('the file tools must not use the sandbox')),
       close: () => Promise.resolve(),
     },
-    allowedDirs: await resolveAllowedDirs([data]),
+    // Real paths, as validateAllowedDirs hands them over (root went through realpath).
+    allowedDirs: [data],
     execTimeoutMs: 30_000,
   };
 });
@@ -120,7 +120,7 @@ describe('list_files', () => {
     await fs.mkdir(path.join(dir, 'b-dir'), { recursive: true });
     await fs.writeFile(path.join(dir, 'a.txt'), '12345');
     await fs.symlink(path.join(root, 'outside'), path.join(dir, 'c-link'));
-    const local = { ...ctx, allowedDirs: await resolveAllowedDirs([dir]) };
+    const local = { ...ctx, allowedDirs: [dir] };
     const out = await runToolCall([...ALL_TOOLS], { name: 'list_files', arguments: JSON.stringify({ path: dir }) }, local);
     expect(out.isError).toBe(false);
     const lines = out.output.split('\n');

@@ -18,6 +18,16 @@ export function workerHeartbeatKey(prefix: string, workerId: string): string {
   return `${prefix}:worker:${workerId}`;
 }
 
+/** Holds the deployment's random id: every worker sharing this Redis and prefix labels its sandboxes with it. */
+export function deploymentKey(prefix: string): string {
+  return `${prefix}:deployment`;
+}
+
+/** Which job holds a sandbox container taken from the pool, for the reaper. */
+export function sandboxAssignmentKey(prefix: string, containerId: string): string {
+  return `${prefix}:sandbox:${containerId}`;
+}
+
 export function createJobsQueue(connection: ConnectionOptions, prefix: string): Queue<QueuedJobData> {
   return absorbLateConnectionErrors(new Queue<QueuedJobData>(JOBS_QUEUE, { connection, prefix }));
 }

@@ -1,23 +1,51 @@
 import { hostname } from 'node:os';
+import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'bullmq';
+import type { Redis } from 'ioredis';
 import type { Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
-import { absorbLateConnectionErrors, cancelChannel, JOBS_QUEUE, workerHeartbeatKey, type QueuedJobData } from '../../shared/src/queue';
+import {
+  absorbLateConnectionErrors,
+  cancelChannel,
+  deploymentKey,
+  JOBS_QUEUE,
+  sandboxAssignmentKey,
+  workerHeartbeatKey,
+  type QueuedJobData,
+} from '../../shared/src/queue';
 import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
+import { validateAllowedDirs } from './allowed-dirs';
 import { JobProcessor } from './job-processor';
 import { createProvider } from './providers';
 import type { ModelProvider } from './providers/model-provider';
+import { OUTPUT_DIR } from './sandbox/container-spec';
 import { dockerClient } from './sandbox/docker-client';
 import { Reaper } from './sandbox/reaper';
 import { SandboxManager } from './sandbox/sandbox-manager';
 import { ALL_TOOLS } from './tools/registry';
-import { resolveAllowedDirs } from './tools/path-guard';
 
 const HEARTBEAT_TTL_S = 15;
 const HEARTBEAT_EVERY_MS = 5000;
+/** How long past the longest job a sandbox may live, and an assignment record outlive its deadline. */
+const ASSIGNMENT_MARGIN_MS = 10 * 60_000;
+const ABOVE_SERVICES = path.resolve(__dirname, '../../..');
+/** The project root, which no allowed dir may expose: above services/, or above dist/ once compiled. */
+const CODE_DIR = path.basename(ABOVE_SERVICES) === 'dist' ? path.dirname(ABOVE_SERVICES) : ABOVE_SERVICES;
 
+
+/**
+ * The deployment's id: random, made by the first worker that starts against this Redis and prefix,
+ * and the same for every worker after it. A prefix alone defaults to the same value everywhere, so
+ * two stacks on one engine would take each other's containers for their own.
+ */
+async function deploymentIdOf(redis: Redis, prefix: string): Promise<string> {
+  await redis.set(deploymentKey(prefix), randomBytes(12).toString('hex'), 'NX');
+  const id = await redis.get(deploymentKey(prefix));
+  if (!id) throw new Error('could not read the deployment id from Redis');
+  return id;
+}
 
 export interface RunningWorker {
   workerId: string;
@@ -27,10 +55,12 @@ export interface RunningWorker {
 
 /** Builds and starts a worker from validated config: the worker's composition root. */
 export async function startWorker(config: Config, opts: { logger?: Logger } = {}): Promise<RunningWorker> {
+  // First, before anything connects: a bad value must stop start-up, not fail every call of a healthy-looking worker.
+  const allowed = await validateAllowedDirs(config.ALLOWED_DIRS, { codeDir: CODE_DIR, outputDir: OUTPUT_DIR });
+  const allowedDirs = allowed.dirs;
   // The prefix leads the id so that everything a deployment (or a test run) created can be told apart.
   const workerId = `${config.MAESTRO_PREFIX}.${hostname()}.${process.pid}.${randomBytes(3).toString('hex')}`;
   const logger = (opts.logger ?? createLogger({ level: config.LOG_LEVEL, service: 'worker' })).child({ workerId });
-  const allowedDirs = await resolveAllowedDirs(config.ALLOWED_DIRS);
 
   const redis = createWorkerRedis(config.REDIS_URL);
   const subscriber = createWorkerRedis(config.REDIS_URL);
@@ -38,6 +68,7 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     conn.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
   }
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
+  const deploymentId = await deploymentIdOf(redis, config.MAESTRO_PREFIX);
   const docker = dockerClient(config.DOCKER_HOST);
   await docker.ping().catch((err: unknown) => {
     throw new Error(`the Docker engine is unreachable (${(err as Error).message})`);
@@ -55,9 +86,15 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
       pids: config.SANDBOX_PIDS,
       poolSize: config.SANDBOX_POOL_SIZE,
       allowedDirs,
+      readOnlySubmounts: allowed.readOnlyMounts,
       outputLimitBytes: config.SANDBOX_OUTPUT_LIMIT_KB * 1024,
       tmpSizeMb: config.SANDBOX_TMP_MB,
       workerId,
+      deploymentId,
+    },
+    assign: async (containerId, { jobId, deadline }) => {
+      const ttlMs = Math.max(1000, deadline.getTime() - Date.now() + ASSIGNMENT_MARGIN_MS);
+      await redis.set(sandboxAssignmentKey(config.MAESTRO_PREFIX, containerId), JSON.stringify({ jobId, deadline }), 'PX', ttlMs);
     },
   });
 
@@ -74,7 +111,14 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     logger,
     isWorkerAlive: async (id) => id === workerId || (await redis.exists(workerHeartbeatKey(config.MAESTRO_PREFIX, id))) === 1,
     isJobFinished: (jobId) => store.isFinished(jobId),
-    owns: (id) => id.startsWith(`${config.MAESTRO_PREFIX}.`),
+    assignmentOf: async (containerId) => {
+      const raw = await redis.get(sandboxAssignmentKey(config.MAESTRO_PREFIX, containerId));
+      if (raw === null) return undefined;
+      const { jobId, deadline } = JSON.parse(raw) as { jobId: string; deadline: string };
+      return { jobId, deadline: new Date(deadline) };
+    },
+    deploymentId,
+    maxAgeMs: config.JOB_MAX_TIMEOUT_SECONDS * 1000 + ASSIGNMENT_MARGIN_MS,
   });
   const sweep = (): void => {
     reaper.sweep().catch((err: unknown) => logger.warn({ event: 'reaper.failed', message: (err as Error).message }, 'reaper sweep failed'));
@@ -128,6 +172,13 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
       .finish(job.data.jobId, { status: 'failed', stopReason: 'error', error: { code: 'worker_lost', message: 'The workers running this job kept dying.' } })
       .catch(() => undefined);
   });
+  if (config.AUTH_MODE !== 'none' && config.SANDBOX_RUNTIME === 'runc') {
+    // Authentication means callers who are not all the operator; under runc their code shares the host's kernel.
+    logger.warn(
+      { event: 'worker.runtime_warning', runtime: 'runc' },
+      'sandboxes run under runc, sharing the host kernel with code from authenticated callers; set SANDBOX_RUNTIME=runsc (gVisor) unless every caller is trusted',
+    );
+  }
   logger.info({ event: 'worker.started', concurrency: config.WORKER_CONCURRENCY, runtime: config.SANDBOX_RUNTIME, pool: config.SANDBOX_POOL_SIZE }, 'worker started');
 
   let closing: Promise<void> | null = null;

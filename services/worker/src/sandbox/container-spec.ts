@@ -1,11 +1,12 @@
-import path from 'node:path';
 import type Dockerode from 'dockerode';
-import { SandboxError } from '../../../shared/src/errors';
+import { SECCOMP_SECURITY_OPT } from './seccomp-profile';
 import type { SandboxSettings } from './types';
 
 /** Label keys every sandbox container carries; cleanup finds containers by these, never by name. */
 export const LABEL = {
   role: 'maestro.role',
+  /** The deployment's own random id (kept in its Redis): what the reaper judges by. */
+  deployment: 'maestro.deployment',
   worker: 'maestro.worker',
   job: 'maestro.job',
   created: 'maestro.created',
@@ -30,8 +31,6 @@ const RUNC_NPROC_FACTOR = 16;
 // ulimit bounds the guest; the PIDs limit stays only as a backstop on the sentry.
 const RUNSC_PIDS_FACTOR = 4;
 const RUNSC_PIDS_HEADROOM = 64;
-// Paths the image and the runner own; an allowed dir mounted over one would break or blind them.
-const RESERVED_DIRS = ['/tmp', OUTPUT_DIR, '/opt', '/opt/maestro', '/proc', '/sys', '/dev', '/usr', '/etc', '/bin', '/lib'];
 
 export interface SandboxContainerLabels {
   /** Job id, or '' for a pool container not yet handed to a job. */
@@ -40,33 +39,17 @@ export interface SandboxContainerLabels {
   deadline?: Date;
 }
 
-/** Labels of a sandbox container of this worker (STYLE.md: label what you create outside the process). */
+/** Labels of a sandbox container of this worker: whatever is created outside the process is labelled. */
 export function sandboxLabels(settings: SandboxSettings, labels: SandboxContainerLabels): Record<string, string> {
   const out: Record<string, string> = {
     [LABEL.role]: SANDBOX_ROLE,
+    [LABEL.deployment]: settings.deploymentId,
     [LABEL.worker]: settings.workerId,
     [LABEL.job]: labels.jobId,
     [LABEL.created]: labels.created.toISOString(),
   };
   if (labels.deadline) out[LABEL.deadline] = labels.deadline.toISOString();
   return out;
-}
-
-function checkAllowedDir(dir: string): string {
-  const normal = path.posix.normalize(dir).replace(/(.)\/+$/, '$1');
-  if (!path.posix.isAbsolute(dir) || dir.includes('\0') || normal !== dir.replace(/(.)\/+$/, '$1')) {
-    throw new SandboxError(`allowed dir must be a normalised absolute path: ${JSON.stringify(dir)}`, {
-      retryable: false,
-      code: 'sandbox_config',
-    });
-  }
-  if (normal === '/' || RESERVED_DIRS.some((r) => normal === r || r.startsWith(`${normal}/`))) {
-    throw new SandboxError(`allowed dir ${normal} would cover a path the sandbox needs`, {
-      retryable: false,
-      code: 'sandbox_config',
-    });
-  }
-  return normal;
 }
 
 /** The hardened create options of one sandbox container (DESIGN.md, "The sandbox"). Pure. */
@@ -98,7 +81,7 @@ export function buildContainerSpec(settings: SandboxSettings, labels: SandboxCon
       Runtime: settings.runtime,
       ReadonlyRootfs: true,
       Mounts: [
-        ...settings.allowedDirs.map(checkAllowedDir).map((dir) => ({
+        ...settings.allowedDirs.map((dir) => ({
           // A `bind` Mount (unlike a `Binds` entry) fails when the source is missing instead of
           // creating it on the host as root.
           Type: 'bind' as const,
@@ -107,27 +90,27 @@ export function buildContainerSpec(settings: SandboxSettings, labels: SandboxCon
           ReadOnly: true,
           BindOptions: { Propagation: 'rprivate' as const },
         })),
-        {
-          // The output dir is a tmpfs too, but made as an anonymous volume of the local driver: Engine
-          // 20.10's archive API (getArchive) does not see into a `Tmpfs` mount, and it does see
-          // volumes, under runc and runsc alike. Removing the container with `v` removes it.
-          Type: 'volume' as const,
-          Source: '',
-          Target: OUTPUT_DIR,
-          VolumeOptions: {
-            NoCopy: true,
-            Labels: containerLabels,
-            DriverConfig: { Name: 'local', Options: { type: 'tmpfs', device: 'tmpfs', o: tmpfsOptions } },
-          },
-        },
+        // A bind is recursive, but before Engine 25 its ReadOnly covers the top mount only: each mount
+        // below an allowed dir is bound again read-only, and lands on top as the engine mounts by depth.
+        ...settings.readOnlySubmounts.map((dir) => ({
+          Type: 'bind' as const,
+          Source: dir,
+          Target: dir,
+          ReadOnly: true,
+          BindOptions: { Propagation: 'rprivate' as const },
+        })),
       ],
       // mode=1777: the tmpfs is created root-owned and the runner runs as 65534 (checked under runc
       // and runsc; runc copies the mode of the image's dir, which is 1777 too).
-      Tmpfs: { '/tmp': `rw,${tmpfsOptions}` },
+      // The runner reads the output dir's files itself and hands their bytes back over its stdout,
+      // so nothing outside the container ever reads a path the code could have chosen.
+      Tmpfs: { '/tmp': `rw,${tmpfsOptions}`, [OUTPUT_DIR]: `rw,${tmpfsOptions}` },
       ShmSize: settings.tmpSizeMb * MIB,
       CapDrop: ['ALL'],
       CapAdd: [],
-      SecurityOpt: ['no-new-privileges'],
+      // The project's profile under runc (seccomp-profile.ts); runsc would ignore it (gVisor applies an
+      // OCI profile only with --oci-seccomp), so there the engine's default stays in the spec.
+      SecurityOpt: settings.runtime === 'runc' ? ['no-new-privileges', SECCOMP_SECURITY_OPT] : ['no-new-privileges'],
       Privileged: false,
       Devices: [],
       IpcMode: 'private',
@@ -142,6 +125,8 @@ export function buildContainerSpec(settings: SandboxSettings, labels: SandboxCon
         { Name: 'nproc', Soft: nproc, Hard: nproc },
         { Name: 'nofile', Soft: NOFILE, Hard: NOFILE },
         { Name: 'fsize', Soft: fsizeBytes, Hard: fsizeBytes },
+        // No core dumps: a crashing process must not write its memory anywhere.
+        { Name: 'core', Soft: 0, Hard: 0 },
       ],
       RestartPolicy: { Name: 'no' },
       AutoRemove: false,

@@ -2,10 +2,18 @@ import type Dockerode from 'dockerode';
 import type { Logger } from '../../../shared/src/logger';
 import { LABEL, SANDBOX_ROLE } from './container-spec';
 
+/** Which job holds a container taken from the pool (pool containers are labelled before any job has them). */
+export interface SandboxAssignment {
+  jobId: string;
+  deadline: Date;
+}
+
 /**
- * Removes sandbox containers nobody will use again: their worker is gone, their job has finished or
- * their deadline has passed. Containers are found by label only, never by name, so anything else on
- * the engine is left alone; a live job's container is never touched, so a sweep is safe at any time.
+ * Removes sandbox containers nobody will use again: their worker is gone, their job has finished,
+ * their deadline has passed, or they are older than any job may run. Containers are found by label
+ * only, never by name, and only those of this deployment (a label that is unique to it) are judged,
+ * so anything else on the engine is left alone; a live job's container is never touched, so a sweep
+ * is safe at any time.
  */
 export class Reaper {
   private readonly now: () => Date;
@@ -14,28 +22,28 @@ export class Reaper {
     private readonly opts: {
       docker: Dockerode;
       logger: Logger;
+      /**
+       * The deployment whose containers this reaper judges. Deployments (and test runs) sharing a
+       * Docker engine each judge only their own: another's heartbeats and jobs are not in our Redis.
+       */
+      deploymentId: string;
+      /** Containers older than this are removed whatever their labels say: the longest job plus a margin. */
+      maxAgeMs: number;
       isWorkerAlive(workerId: string): Promise<boolean>;
       isJobFinished(jobId: string): Promise<boolean>;
-      /**
-       * Whether a worker id belongs to this deployment. Deployments (and test runs) sharing a Docker
-       * engine each judge only their own containers: another's heartbeats and jobs are not in our Redis.
-       */
-      owns?(workerId: string): boolean;
+      /** The job a pool container was handed to, if any. */
+      assignmentOf(containerId: string): Promise<SandboxAssignment | undefined>;
       now?: () => Date;
     },
   ) {
     this.now = opts.now ?? (() => new Date());
   }
 
-  private owns(workerId: string): boolean {
-    return this.opts.owns ? this.opts.owns(workerId) : true;
-  }
-
-  /** One pass over all sandbox containers, running or not. Returns how many were removed. */
+  /** One pass over all sandbox containers of this deployment, running or not. Returns how many were removed. */
   async sweep(): Promise<number> {
     const containers = await this.opts.docker.listContainers({
       all: true,
-      filters: { label: [`${LABEL.role}=${SANDBOX_ROLE}`] },
+      filters: { label: [`${LABEL.role}=${SANDBOX_ROLE}`, `${LABEL.deployment}=${this.opts.deploymentId}`] },
     });
     const workers = new Map<string, Promise<boolean>>();
     const jobs = new Map<string, Promise<boolean>>();
@@ -43,9 +51,8 @@ export class Reaper {
     for (const info of containers) {
       const labels = info.Labels ?? {};
       // The engine filtered already; checked again so a wrong filter can never widen the sweep.
-      if (labels[LABEL.role] !== SANDBOX_ROLE) continue;
-      if (!this.owns(labels[LABEL.worker] ?? '')) continue;
-      const reason = await this.reasonToRemove(labels, workers, jobs);
+      if (labels[LABEL.role] !== SANDBOX_ROLE || labels[LABEL.deployment] !== this.opts.deploymentId) continue;
+      const reason = await this.reasonToRemove(info.Id, labels, workers, jobs);
       if (!reason) continue;
       try {
         await this.opts.docker.getContainer(info.Id).remove({ force: true, v: true });
@@ -59,49 +66,39 @@ export class Reaper {
         }
       }
     }
-    await this.pruneVolumes();
     return removed;
   }
 
-  /**
-   * Output dirs are anonymous volumes; a container removed without `v` (by hand, or by other
-   * tooling) leaves its volume behind. Only dangling ones (used by no container) carrying the
-   * sandbox label are removed; a volume in use is refused by the engine anyway.
-   */
-  private async pruneVolumes(): Promise<void> {
-    const { Volumes } = await this.opts.docker.listVolumes({
-      filters: { label: [`${LABEL.role}=${SANDBOX_ROLE}`], dangling: ['true'] },
-    });
-    for (const volume of Volumes ?? []) {
-      if (volume.Labels?.[LABEL.role] !== SANDBOX_ROLE || !this.owns(volume.Labels[LABEL.worker] ?? '')) continue;
-      await this.opts.docker
-        .getVolume(volume.Name)
-        .remove()
-        .then(
-          () => this.opts.logger.debug({ event: 'sandbox.volume_pruned', volume: volume.Name }),
-          () => undefined,
-        );
-    }
-  }
-
   private async reasonToRemove(
+    containerId: string,
     labels: Record<string, string>,
     workers: Map<string, Promise<boolean>>,
     jobs: Map<string, Promise<boolean>>,
   ): Promise<string | undefined> {
-    const deadline = labels[LABEL.deadline];
-    if (deadline) {
-      const at = Date.parse(deadline);
-      if (!Number.isNaN(at) && at <= this.now().getTime()) return 'deadline';
-    }
+    const now = this.now().getTime();
+    const created = Date.parse(labels[LABEL.created] ?? '');
+    // A container without a readable birth date is as old as can be.
+    if (Number.isNaN(created) || now - created > this.opts.maxAgeMs) return 'too_old';
+    if (passed(labels[LABEL.deadline], now)) return 'deadline';
     const workerId = labels[LABEL.worker] ?? '';
     if (!workers.has(workerId)) workers.set(workerId, workerId ? this.opts.isWorkerAlive(workerId) : Promise.resolve(false));
     if (!(await workers.get(workerId))) return 'worker_gone';
-    const jobId = labels[LABEL.job] ?? '';
-    if (jobId) {
-      if (!jobs.has(jobId)) jobs.set(jobId, this.opts.isJobFinished(jobId));
-      if (await jobs.get(jobId)) return 'job_finished';
+    let jobId = labels[LABEL.job] ?? '';
+    if (!jobId) {
+      // Labels are immutable, so a pool container's job is recorded apart when the job takes it.
+      const assignment = await this.opts.assignmentOf(containerId);
+      if (!assignment) return undefined;
+      if (assignment.deadline.getTime() <= now) return 'deadline';
+      jobId = assignment.jobId;
     }
+    if (!jobs.has(jobId)) jobs.set(jobId, this.opts.isJobFinished(jobId));
+    if (await jobs.get(jobId)) return 'job_finished';
     return undefined;
   }
+}
+
+function passed(iso: string | undefined, now: number): boolean {
+  if (!iso) return false;
+  const at = Date.parse(iso);
+  return !Number.isNaN(at) && at <= now;
 }

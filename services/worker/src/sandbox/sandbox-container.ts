@@ -3,52 +3,24 @@ import { performance } from 'node:perf_hooks';
 import type Dockerode from 'dockerode';
 import { SandboxError } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/logger';
-import { buildContainerSpec, OUTPUT_DIR, type SandboxContainerLabels } from './container-spec';
-import { contentTypeOf } from './content-type';
+import { buildContainerSpec, type SandboxContainerLabels } from './container-spec';
 import { LineReader } from './line-reader';
-import { extractSingleFile } from './tar-reader';
-import type { Artifact, ExecResult, SandboxSettings } from './types';
+import { CellAnswer, MAX_LINE_BYTES, parseLine, ProtocolViolation, type CellOutcome } from './runner-protocol';
+import type { SandboxSettings } from './types';
 
-const MIB = 1024 * 1024;
-const MAX_LINE_BYTES = 4 * MIB;
-const MAX_FILES = 20;
-const MAX_FILE_BYTES = 10 * MIB;
-const MAX_TOTAL_BYTES = 25 * MIB;
-const MAX_SKIPPED = 50;
-const MAX_NAME_BYTES = 255;
 const STDERR_TAIL_BYTES = 4096;
 const DEFAULT_READY_TIMEOUT_MS = 30_000;
 
 /** Why a container can no longer serve: its interpreter state is gone. */
 export type LossReason = 'timeout' | 'cancelled' | 'crashed' | 'protocol' | 'removed';
 
-/** What the runner reports of one cell: the execution's result before its files are pulled. */
-export interface CellOutcome extends Pick<ExecResult, 'stdout' | 'stderr' | 'exitCode' | 'error' | 'timedOut' | 'truncated'> {
-  /** New or changed files in the output dir, still in the container. */
-  files: { name: string; size: number }[];
-  skipped: ExecResult['skippedArtifacts'];
-}
-
-type Waiter = { resolve: (msg: Record<string, unknown>) => void; fail: (reason: LossReason, detail: string) => void };
-
-/** A clean relative `/`-separated name, checked again on this side because the runner is not trusted. */
-export function isCleanName(name: string): boolean {
-  if (name === '' || Buffer.byteLength(name) > MAX_NAME_BYTES) return false;
-  for (let i = 0; i < name.length; i++) {
-    const c = name.charCodeAt(i);
-    if (c < 0x20 || c === 0x7f || c === 0x5c) return false;
-  }
-  return name.split('/').every((part) => part !== '' && part !== '.' && part !== '..');
-}
+/** Takes each protocol message of the answer awaited; returns the answer once complete, throws ProtocolViolation. */
+type Accept<T> = (msg: Record<string, unknown>) => T | undefined;
+type Waiter = { onMessage: (msg: Record<string, unknown>) => void; fail: (reason: LossReason, detail: string) => void };
 
 function engineStatus(err: unknown): number | undefined {
   const status = (err as { statusCode?: unknown } | null)?.statusCode;
   return typeof status === 'number' ? status : undefined;
-}
-
-function str(value: unknown, max: number): { text: string; cut: boolean } {
-  const text = typeof value === 'string' ? value : '';
-  return text.length > max ? { text: text.slice(0, max), cut: true } : { text, cut: false };
 }
 
 function abortReason(signal: AbortSignal): unknown {
@@ -70,6 +42,7 @@ export class SandboxContainer {
   private seq = 0;
   private removal: Promise<void> | undefined;
   private killing: Promise<void> | undefined;
+  private onLost: (() => void) | undefined;
 
   private constructor(
     private readonly container: Dockerode.Container,
@@ -103,6 +76,12 @@ export class SandboxContainer {
     return this.lost === undefined;
   }
 
+  /** Calls `listener` once when the interpreter is gone (at once if it is gone already). */
+  whenLost(listener: () => void): void {
+    if (this.lost) listener();
+    else this.onLost = listener;
+  }
+
   /** Creates, attaches (before start, so no output is lost), starts and waits for the ready line. */
   static async launch(opts: {
     docker: Dockerode;
@@ -123,10 +102,12 @@ export class SandboxContainer {
     try {
       const stream = await container.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true });
       sandbox = new SandboxContainer(container, stream, docker, settings, logger);
-      const ready = sandbox.waitFor(opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+      const ready = sandbox.waitFor(opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS, undefined, (msg) => {
+        if (msg.ready !== true) throw new ProtocolViolation('the sandbox runner did not report ready');
+        return true;
+      });
       await container.start();
-      const msg = await ready;
-      if (msg.ready !== true) throw new SandboxError('the sandbox runner did not report ready');
+      await ready;
       return sandbox;
     } catch (err) {
       logger.warn({ event: 'sandbox.start_failed', containerId: container.id, err: (err as Error).message, stderr: sandbox?.stderrTail });
@@ -137,55 +118,26 @@ export class SandboxContainer {
   }
 
   /**
-   * Runs one cell. Resolves with the runner's answer, or with exitCode -1 when the container had to
-   * be killed (timeout, broken protocol, crash). Rejects with the signal's reason when aborted,
-   * at once: the kill and removal go on in the background.
+   * Runs one cell and receives the files it handed back. Resolves with the runner's answer, or with
+   * exitCode -1 when the container had to be killed (timeout, broken protocol, crash). Rejects with
+   * the signal's reason when aborted, at once: the kill and removal go on in the background.
    */
   async execute(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<CellOutcome> {
     opts.signal.throwIfAborted();
     if (this.lost) return this.lostOutcome(false);
     if (this.waiter) throw new SandboxError('the sandbox is already running a cell', { retryable: false });
     const id = ++this.seq;
-    const answer = this.waitFor(opts.timeoutMs, opts.signal);
+    const answer = new CellAnswer(id, this.settings.outputLimitBytes);
+    const done = this.waitFor(opts.timeoutMs, opts.signal, (msg) => answer.accept(msg));
     this.stream.write(`${JSON.stringify({ id, code, limit: this.settings.outputLimitBytes })}\n`);
-    let msg: Record<string, unknown>;
     try {
-      msg = await answer;
+      return await done;
     } catch (err) {
       if (!(err instanceof LostError)) throw err;
       // Report only once the engine confirms the kill, so no code of this cell runs on afterwards.
       if (err.reason === 'timeout' || err.reason === 'protocol') await this.kill(err.reason);
       return this.lostOutcome(err.reason === 'timeout');
     }
-    if (msg.id !== id) {
-      this.markLost('protocol', 'the sandbox answered out of turn');
-      return this.lostOutcome(false);
-    }
-    return this.toOutcome(msg);
-  }
-
-  /** Pulls the reported files with the archive API; anything odd becomes a skipped entry, never an error. */
-  async pullArtifacts(files: CellOutcome['files']): Promise<{ artifacts: Artifact[]; skipped: CellOutcome['skipped'] }> {
-    const artifacts: Artifact[] = [];
-    const skipped: CellOutcome['skipped'] = [];
-    let total = 0;
-    for (const file of files) {
-      if (total + file.size > MAX_TOTAL_BYTES) {
-        skipped.push({ name: file.name, reason: 'total size over the limit' });
-        continue;
-      }
-      try {
-        const archive = await this.readArchive(`${OUTPUT_DIR}/${file.name}`, MAX_FILE_BYTES + 64 * 1024);
-        const base = file.name.slice(file.name.lastIndexOf('/') + 1);
-        const data = extractSingleFile(archive, base, MAX_FILE_BYTES);
-        total += data.length;
-        artifacts.push({ name: file.name, size: data.length, contentType: contentTypeOf(file.name), data });
-      } catch (err) {
-        this.logger.warn({ event: 'sandbox.artifact_refused', name: file.name, err: (err as Error).message });
-        skipped.push({ name: file.name, reason: 'could not be read as a regular file' });
-      }
-    }
-    return { artifacts, skipped };
   }
 
   /**
@@ -239,7 +191,7 @@ export class SandboxContainer {
     return this.removal;
   }
 
-  private waitFor(timeoutMs: number, signal?: AbortSignal): Promise<Record<string, unknown>> {
+  private waitFor<T>(timeoutMs: number, signal: AbortSignal | undefined, accept: Accept<T>): Promise<T> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         cleanup();
@@ -261,9 +213,11 @@ export class SandboxContainer {
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiter = {
-        resolve: (msg) => {
+        onMessage: (msg) => {
+          const value = accept(msg);
+          if (value === undefined) return;
           cleanup();
-          resolve(msg);
+          resolve(value);
         },
         fail: (reason, detail) => {
           cleanup();
@@ -275,23 +229,19 @@ export class SandboxContainer {
 
   private onLine(line: string): void {
     if (this.lost) return;
-    let msg: unknown;
     try {
-      msg = JSON.parse(line);
-    } catch {
-      msg = undefined;
+      if (!this.waiter) throw new ProtocolViolation('the sandbox wrote while no cell was running');
+      this.waiter.onMessage(parseLine(line));
+    } catch (err) {
+      this.markLost('protocol', err instanceof ProtocolViolation ? err.message : 'the sandbox broke the protocol');
     }
-    if (typeof msg !== 'object' || msg === null || Array.isArray(msg) || !this.waiter) {
-      this.markLost('protocol', 'the sandbox wrote something that is not a protocol message');
-      return;
-    }
-    this.waiter.resolve(msg as Record<string, unknown>);
   }
 
   private markLost(reason: LossReason, detail: string): void {
     if (this.lost) return;
     this.lost = reason;
     this.lostDetail = detail;
+    this.onLost?.();
     if (reason === 'protocol') {
       void this.kill('protocol').catch((err: unknown) => this.logger.error({ event: 'sandbox.kill_failed', err }));
     }
@@ -319,62 +269,10 @@ export class SandboxContainer {
       error: `${detail}; its state (variables, imports) is lost`,
       timedOut,
       truncated: { stdout: false, stderr: false },
-      files: [],
-      skipped: [],
+      artifacts: [],
+      skippedArtifacts: [],
+      stoppedProcesses: 0,
     };
-  }
-
-  private toOutcome(msg: Record<string, unknown>): CellOutcome {
-    // Everything below is hostile input: keep only well-typed, bounded fields.
-    const cap = this.settings.outputLimitBytes;
-    const stdout = str(msg.stdout, cap);
-    const stderr = str(msg.stderr, cap);
-    const error = typeof msg.error === 'string' ? str(msg.error, cap).text : undefined;
-    const truncated = (msg.truncated ?? {}) as Record<string, unknown>;
-    const exitCode = typeof msg.exitCode === 'number' && Number.isInteger(msg.exitCode) ? msg.exitCode : 1;
-    const files: CellOutcome['files'] = [];
-    const skipped: CellOutcome['skipped'] = [];
-    for (const f of Array.isArray(msg.files) ? (msg.files as unknown[]).slice(0, MAX_SKIPPED) : []) {
-      const { name, size } = (f ?? {}) as Record<string, unknown>;
-      if (typeof name !== 'string' || !isCleanName(name) || typeof size !== 'number' || !(size >= 0)) continue;
-      if (files.length >= MAX_FILES) skipped.push({ name, reason: 'too many files' });
-      else if (size > MAX_FILE_BYTES) skipped.push({ name, reason: 'file too large' });
-      else files.push({ name, size });
-    }
-    for (const s of Array.isArray(msg.skipped) ? (msg.skipped as unknown[]).slice(0, MAX_SKIPPED) : []) {
-      const { name, reason } = (s ?? {}) as Record<string, unknown>;
-      skipped.push({ name: typeof name === 'string' && isCleanName(name) ? name : '', reason: str(reason, 200).text });
-    }
-    return {
-      stdout: stdout.text,
-      stderr: stderr.text,
-      exitCode,
-      ...(error === undefined ? {} : { error }),
-      timedOut: false,
-      truncated: { stdout: truncated.stdout === true || stdout.cut, stderr: truncated.stderr === true || stderr.cut },
-      files,
-      skipped,
-    };
-  }
-
-  private async readArchive(path: string, maxBytes: number): Promise<Buffer> {
-    const stream = await this.container.getArchive({ path });
-    return new Promise((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      const readable = stream as NodeJS.ReadableStream & { destroy?: () => void };
-      readable.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > maxBytes) {
-          readable.destroy?.();
-          reject(new Error('archive larger than allowed'));
-          return;
-        }
-        chunks.push(chunk);
-      });
-      readable.on('end', () => resolve(Buffer.concat(chunks)));
-      readable.on('error', reject);
-    });
   }
 }
 

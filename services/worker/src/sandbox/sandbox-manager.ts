@@ -2,6 +2,7 @@ import type Dockerode from 'dockerode';
 import { SandboxError } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/logger';
 import type { SandboxContainerLabels } from './container-spec';
+import type { SandboxAssignment } from './reaper';
 import { SandboxContainer } from './sandbox-container';
 import { SandboxPool } from './sandbox-pool';
 import { JobSandboxSession } from './sandbox-session';
@@ -21,7 +22,18 @@ export class SandboxManager {
   private closed = false;
   private events: (NodeJS.ReadableStream & { destroy?: () => void }) | undefined;
 
-  constructor(private readonly opts: { docker: Dockerode; settings: SandboxSettings; logger: Logger }) {
+  constructor(
+    private readonly opts: {
+      docker: Dockerode;
+      settings: SandboxSettings;
+      logger: Logger;
+      /**
+       * Records which job took a pool container, for the reaper (a container's labels cannot change).
+       * Not awaited before the job's code runs: until it lands, the worker's liveness guards the container.
+       */
+      assign?: (containerId: string, assignment: SandboxAssignment) => Promise<void>;
+    },
+  ) {
     this.logger = opts.logger.child({ component: 'sandbox' });
     this.pool = new SandboxPool({
       size: opts.settings.poolSize,
@@ -106,6 +118,13 @@ export class SandboxManager {
     signal.throwIfAborted();
     if (this.closed) throw new SandboxError('the sandbox manager is closed', { retryable: true });
     const pending = this.opts.settings.poolSize > 0 ? this.pool.take(() => this.launch(labels)) : this.launch(labels);
+    const { assign } = this.opts;
+    if (assign && labels.deadline) {
+      const assignment = { jobId: labels.jobId, deadline: labels.deadline };
+      void pending
+        .then((c) => assign(c.id, assignment))
+        .catch((err: unknown) => this.logger.warn({ event: 'sandbox.assign_failed', err: (err as Error).message }));
+    }
     return new Promise((resolve, reject) => {
       const onAbort = (): void => {
         // The launch goes on; its container is removed as soon as it exists.

@@ -66,6 +66,14 @@ export class SandboxPool {
     return this.closing;
   }
 
+  private discard(container: SandboxContainer): void {
+    const at = this.ready.indexOf(container);
+    if (at === -1) return;
+    this.ready.splice(at, 1);
+    void container.remove().catch(() => undefined);
+    this.refill();
+  }
+
   private refill(): void {
     if (this.closed || this.retryTimer) return;
     while (this.ready.length + this.inFlight.size < this.opts.size) {
@@ -74,8 +82,14 @@ export class SandboxPool {
         .then(
           async (container) => {
             this.failures = 0;
-            if (this.closed) await container.remove();
-            else this.ready.push(container);
+            if (this.closed) {
+              await container.remove();
+              return;
+            }
+            this.ready.push(container);
+            // One that dies while it waits (the reaper took it for its age, the engine restarted) is
+            // replaced at once, so the pool stays warm without waiting for the next take.
+            container.whenLost(() => this.discard(container));
           },
           (err: unknown) => {
             if (this.closed) return;

@@ -67,19 +67,11 @@ export class JobSandboxSession implements SandboxSession {
       throw err;
     }
     if (!container.alive) this.drop(container);
-    const pulled = outcome.files.length > 0 ? await container.pullArtifacts(outcome.files) : { artifacts: [], skipped: [] };
     const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
     this.opts.logger.debug({ event: 'sandbox.executed', ms: durationMs, exitCode: outcome.exitCode, timedOut: outcome.timedOut, reset });
     return {
-      stdout: outcome.stdout,
-      stderr: outcome.stderr,
-      exitCode: outcome.exitCode,
-      ...(outcome.error === undefined ? {} : { error: outcome.error }),
-      timedOut: outcome.timedOut,
-      truncated: outcome.truncated,
+      ...outcome,
       reset,
-      artifacts: pulled.artifacts,
-      skippedArtifacts: [...outcome.skipped, ...pulled.skipped],
       durationMs,
     };
   }

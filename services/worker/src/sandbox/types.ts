@@ -15,15 +15,22 @@ export interface SandboxSettings {
   poolSize: number;
   /** Absolute host paths, bind-mounted read-only at the same paths. */
   allowedDirs: string[];
+  /**
+   * Mount points below the allowed dirs, bound again read-only at the same paths: the recursive bind
+   * of an allowed dir brings them along writable on engines whose read-only is not recursive.
+   */
+  readOnlySubmounts: string[];
   /** Cap per stream (stdout, stderr) of what one execution returns. */
   outputLimitBytes: number;
   /** Size of the /tmp tmpfs and of the output-dir tmpfs. */
   tmpSizeMb: number;
   /** Identifies this worker process on the labels of every container it creates. */
   workerId: string;
+  /** Identifies the deployment (all workers sharing one Redis and prefix) on those labels. */
+  deploymentId: string;
 }
 
-/** A file the code left in the output dir, pulled from the container after an execution. */
+/** A file the code left in the output dir, handed back by the runner after an execution. */
 export interface Artifact {
   /** Path relative to the output dir, `/`-separated, never absolute, never with `..`. */
   name: string;
@@ -48,6 +55,8 @@ export interface ExecResult {
   artifacts: Artifact[];
   /** Artifacts the runner saw but refused (links, too big, too many), with the reason. */
   skippedArtifacts: { name: string; reason: string }[];
+  /** Background processes the execution left running, stopped when it ended. */
+  stoppedProcesses: number;
   durationMs: number;
 }
 

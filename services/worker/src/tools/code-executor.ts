@@ -60,6 +60,13 @@ export function formatExecResult(r: ExecResult, timeoutMs: number): ToolOutcome 
     parts.push(`[exit code ${r.exitCode}]`);
   }
 
+  if (r.stoppedProcesses > 0) {
+    const n = r.stoppedProcesses;
+    parts.push(
+      `[note: ${n} background process${n === 1 ? '' : 'es'} left running by this code ${n === 1 ? 'was' : 'were'} stopped when it ended; ` +
+        'every process a call starts ends with that call]',
+    );
+  }
   if (r.artifacts.length > 0) {
     const names = r.artifacts.map((a) => `${OUTPUT_DIR}/${displayName(a.name)} (${a.size} bytes, ${displayName(a.contentType)})`);
     parts.push(`files saved: ${names.join(', ')}`);
@@ -78,6 +85,7 @@ export function formatExecResult(r: ExecResult, timeoutMs: number): ToolOutcome 
       timedOut: r.timedOut,
       truncated: r.truncated.stdout || r.truncated.stderr,
       reset: r.reset,
+      ...(r.stoppedProcesses > 0 ? { stoppedProcesses: r.stoppedProcesses } : {}),
       durationMs: r.durationMs,
       artifacts: r.artifacts.map((a) => ({ name: a.name, size: a.size, contentType: a.contentType })),
     },

@@ -1,31 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { AppError } from '../../../shared/src/errors';
 import { ToolInputError } from './tool';
 
 /** Linux PATH_MAX; anything longer is not a real path, only a way to make us work hard. */
 const MAX_PATH_BYTES = 4096;
-
-/** Resolves the configured allowed dirs to their real paths (deduplicated); a missing or non-directory entry is an error naming it. */
-export async function resolveAllowedDirs(dirs: string[]): Promise<string[]> {
-  const resolved: string[] = [];
-  for (const dir of dirs) {
-    if (!path.isAbsolute(dir)) {
-      throw new AppError({ code: 'config_invalid', detail: `Allowed directory ${dir} is not an absolute path.` });
-    }
-    let real: string;
-    try {
-      real = await fs.realpath(dir);
-    } catch (err) {
-      throw new AppError({ code: 'config_invalid', detail: `Allowed directory ${dir} does not exist or cannot be resolved.`, cause: err });
-    }
-    if (!(await fs.stat(real)).isDirectory()) {
-      throw new AppError({ code: 'config_invalid', detail: `Allowed directory ${dir} is not a directory.` });
-    }
-    if (!resolved.includes(real)) resolved.push(real);
-  }
-  return resolved;
-}
 
 /**
  * True when `realPath` is one of `allowedRealDirs` or beneath one. Decided segment by segment with
