@@ -32,6 +32,8 @@ const CONCURRENCY = 16;
  * each would too.
  */
 const MAX_RSS_GROWTH_MB = 40;
+const WARM_UP_ROUNDS = 2;
+const MEASURED_ROUNDS = 2;
 const BODY_LIMIT_KB = 256;
 
 interface FuzzRequest {
@@ -528,19 +530,20 @@ test('thousands of generated bad requests all get 4xx problem documents, and the
   const failures: string[] = [];
   const started = Date.now();
 
-  const warmUp = await runAll(port, requests, failures);
+  // Two rounds to warm up: V8 grows its heaps lazily and collects when it likes, so the first
+  // rounds' growth says little. A leak keeps growing through the two measured rounds after them.
+  let answered = 0;
+  for (let round = 0; round < WARM_UP_ROUNDS; round++) answered += await runAll(port, requests, failures);
   const rssAfterWarmUp = await rssMb(pid);
-  const rest = await runAll(port, requests, failures);
+  for (let round = 0; round < MEASURED_ROUNDS; round++) answered += await runAll(port, requests, failures);
   const rssAtEnd = await rssMb(pid);
   const elapsedMs = Date.now() - started;
 
-  const answered = warmUp + rest;
+  const sent = (WARM_UP_ROUNDS + MEASURED_ROUNDS) * requests.length;
   const shown = failures.slice(0, 15).join('\n\n');
-  expect(`${failures.length} of ${2 * requests.length} requests failed${failures.length > 0 ? `:\n\n${shown}` : ''}`).toBe(
-    `0 of ${2 * requests.length} requests failed`,
-  );
-  expect(answered).toBeGreaterThanOrEqual(2 * TOTAL_REQUESTS);
-  expect(elapsedMs).toBeLessThan(60_000);
+  expect(`${failures.length} of ${sent} requests failed${failures.length > 0 ? `:\n\n${shown}` : ''}`).toBe(`0 of ${sent} requests failed`);
+  expect(answered).toBeGreaterThanOrEqual(sent);
+  expect(elapsedMs).toBeLessThan(150_000);
 
   // Still the same process, still serving.
   expect(exit).toBeUndefined();
@@ -551,7 +554,7 @@ test('thousands of generated bad requests all get 4xx problem documents, and the
 
   // None of the bad requests made a job.
   expect(await keysMatching(`${prefix}:job:*`)).toEqual([]);
-}, 90_000);
+}, 200_000);
 
 // zod 4's z.record skips a `__proto__` key without validating its value; the API refuses such keys
 // anywhere in a body before the schema runs, so the caller's data never silently vanishes.

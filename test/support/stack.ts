@@ -11,6 +11,7 @@ import { startApi, type RunningApi } from '../../services/api/src/api-service';
 import { loadConfig, type Config } from '../../services/shared/src/config';
 import type { JobView } from '../../services/shared/src/job-schema';
 import { REDACT_PATHS } from '../../services/shared/src/logger';
+import { redisTargetOptions } from '../../services/shared/src/redis';
 import { startWorker, type RunningWorker } from '../../services/worker/src/worker-service';
 import { removeSandboxesOf, sandboxImage, TEST_PREFIX } from './docker';
 import type { ModelServer } from './model-server';
@@ -73,7 +74,7 @@ export async function startStack(
     },
   });
   const logger = pino({ level: config.LOG_LEVEL, redact: { paths: REDACT_PATHS, censor: '[redacted]' } }, sink);
-  const redis = new Redis(config.REDIS_URL);
+  const redis = new Redis(config.REDIS_URL, redisTargetOptions(config).options);
   redis.on('error', () => undefined); // a test that stops Redis on purpose must not crash the run
   const api = await startApi(config, { logger: logger.child({ service: 'api' }) });
   const workers: RunningWorker[] = [];

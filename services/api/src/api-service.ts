@@ -23,11 +23,11 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   const unsafe = unsafeAuthConfig(config);
   if (unsafe) throw new ConfigError(unsafe);
 
-  const redis = createApiRedis(config.REDIS_URL);
+  const redis = createApiRedis(config);
   redis.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
   // The queue gets a connection of its own: BullMQ loads its many scripts onto whatever connection it
   // is given, and every MULTI on a shared one would copy them (measured: ~8% of the API's CPU).
-  const queueRedis = createApiRedis(config.REDIS_URL);
+  const queueRedis = createApiRedis(config);
   queueRedis.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
   const queue = createJobsQueue(queueRedis, config.MAESTRO_PREFIX);
   queue.on('error', (err) => logger.warn({ event: 'queue.error', message: err.message }, 'queue error'));

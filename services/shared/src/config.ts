@@ -7,6 +7,10 @@ const optionalString = z
   .optional()
   .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
 const optionalUrl = optionalString.pipe(z.url({ protocol: /^https?$/ }).optional());
+const absolutePath = z
+  .string()
+  .refine((p) => isAbsolute(p), { message: 'must be an absolute path' })
+  .optional();
 const list = z
   .string()
   .default('')
@@ -20,6 +24,10 @@ const list = z
 /** Every variable Maestro reads, with its default. Units are in the names. */
 export const configSchema = z.object({
   REDIS_URL: z.string().default('redis://127.0.0.1:6379').pipe(z.url({ protocol: /^rediss?$/ })),
+  /** A file holding Redis's password, read at start-up (compose generates one on first start). A password in REDIS_URL wins. */
+  REDIS_PASSWORD_FILE: optionalString.pipe(absolutePath),
+  /** PEM file of the CA(s) that signed a rediss:// server's certificate, when a public CA did not. */
+  REDIS_TLS_CA_FILE: optionalString.pipe(absolutePath),
   /** Prefix of every BullMQ queue and Redis key, so several deployments (or test runs) can share a Redis. */
   MAESTRO_PREFIX: z.string().regex(/^[A-Za-z0-9_-]{1,40}$/).default('maestro'),
   HOST: z.string().min(1).default('127.0.0.1'),
@@ -69,6 +77,18 @@ export const configSchema = z.object({
     .default('false')
     .transform((v) => v === 'true' || v === '1'),
   CORS_ORIGINS: list,
+  /**
+   * Host names (optionally with :port) the API answers to. Enforced whenever AUTH_MODE=none, where
+   * empty means the loopback names and HOST; with auth on, enforced only when set.
+   */
+  ALLOWED_HOSTS: list,
+  /** Queued plus running jobs one caller may have; past it, POST /v1/jobs answers 429. */
+  CALLER_MAX_ACTIVE_JOBS: int(1, 1_000_000).default(100),
+  /** Event streams one caller may hold open at once, across API replicas; past it, 429. */
+  CALLER_MAX_EVENT_STREAMS: int(1, 10_000).default(10),
+  /** Failed authentications one client address may make per AUTH_FAILURE_WINDOW_SECONDS; past it, 429. */
+  AUTH_FAILURE_LIMIT: int(1, 1_000_000).default(20),
+  AUTH_FAILURE_WINDOW_SECONDS: int(1, 86_400).default(300),
   BODY_LIMIT_KB: int(1, 10_240).default(256),
   RATE_LIMIT_PER_MINUTE: int(0, 1_000_000).default(600),
   SSE_HEARTBEAT_MS: int(100, 300_000).default(15_000),

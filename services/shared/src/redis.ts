@@ -1,11 +1,46 @@
+import { readFileSync } from 'node:fs';
 import { Redis, type RedisOptions } from 'ioredis';
+import { ConfigError, type Config } from './config';
+
+/** Where Redis is and how to log in: the URL, and the files that can complete it. */
+export type RedisTarget = Pick<Config, 'REDIS_URL' | 'REDIS_PASSWORD_FILE' | 'REDIS_TLS_CA_FILE'>;
+
+/**
+ * ioredis options for a target beyond its URL: the password from REDIS_PASSWORD_FILE (unless the URL
+ * has one) and the CA from REDIS_TLS_CA_FILE. Files are read each time, so a rotated password is
+ * picked up by the next connection made; an unreadable one is a ConfigError naming the variable.
+ */
+export function redisTargetOptions(target: RedisTarget | string): { url: string; options: RedisOptions } {
+  if (typeof target === 'string') return { url: target, options: {} };
+  const options: RedisOptions = {};
+  if (target.REDIS_PASSWORD_FILE && !new URL(target.REDIS_URL).password) {
+    const password = readSecretFile('REDIS_PASSWORD_FILE', target.REDIS_PASSWORD_FILE).trim();
+    if (!password) throw new ConfigError('invalid REDIS_PASSWORD_FILE: the file is empty');
+    options.password = password;
+  }
+  if (target.REDIS_TLS_CA_FILE) {
+    if (!target.REDIS_URL.startsWith('rediss://')) throw new ConfigError('invalid REDIS_TLS_CA_FILE: it needs a rediss:// REDIS_URL');
+    options.tls = { ca: readSecretFile('REDIS_TLS_CA_FILE', target.REDIS_TLS_CA_FILE) };
+  }
+  return { url: target.REDIS_URL, options };
+}
+
+function readSecretFile(variable: string, file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'unreadable';
+    throw new ConfigError(`invalid ${variable}: cannot read the file (${code})`);
+  }
+}
 
 /**
  * A connection for BullMQ workers and blocking commands: BullMQ requires `maxRetriesPerRequest: null`
  * so that its blocking calls wait through a Redis restart instead of failing.
  */
-export function createWorkerRedis(url: string, extra: RedisOptions = {}): Redis {
-  return new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, ...extra });
+export function createWorkerRedis(target: RedisTarget | string, extra: RedisOptions = {}): Redis {
+  const { url, options } = redisTargetOptions(target);
+  return new Redis(url, { ...options, maxRetriesPerRequest: null, enableReadyCheck: true, ...extra });
 }
 
 /**
@@ -13,8 +48,9 @@ export function createWorkerRedis(url: string, extra: RedisOptions = {}): Redis 
  * answers 503 instead of hanging its clients. Commands issued in the same tick (concurrent requests)
  * go out in one write: auto-pipelining. A connection that blocks (XREAD BLOCK) turns it off.
  */
-export function createApiRedis(url: string, extra: RedisOptions = {}): Redis {
-  return new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 5000, enableAutoPipelining: true, ...extra });
+export function createApiRedis(target: RedisTarget | string, extra: RedisOptions = {}): Redis {
+  const { url, options } = redisTargetOptions(target);
+  return new Redis(url, { ...options, maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 5000, enableAutoPipelining: true, ...extra });
 }
 
 /** Ends a connection without waiting for the server when it is gone. Idempotent. */

@@ -19,7 +19,7 @@ const CHECK_EVERY_MS = 10_000;
  */
 export function startHealthFile(config: Config, workerId: string, path = WORKER_HEALTH_FILE): { close(): Promise<void> } {
   // Own connections, so a check never queues behind the worker's blocking BullMQ commands.
-  const redis = createWorkerRedis(config.REDIS_URL, { maxRetriesPerRequest: 1 });
+  const redis = createWorkerRedis(config, { maxRetriesPerRequest: 1 });
   redis.on('error', () => undefined); // a stale file is the report; the worker logs Redis trouble itself
   const docker = dockerClient(config.DOCKER_HOST);
 

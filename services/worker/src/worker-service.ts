@@ -62,8 +62,8 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
   const workerId = `${config.MAESTRO_PREFIX}.${hostname()}.${process.pid}.${randomBytes(3).toString('hex')}`;
   const logger = (opts.logger ?? createLogger({ level: config.LOG_LEVEL, service: 'worker' })).child({ workerId });
 
-  const redis = createWorkerRedis(config.REDIS_URL);
-  const subscriber = createWorkerRedis(config.REDIS_URL);
+  const redis = createWorkerRedis(config);
+  const subscriber = createWorkerRedis(config);
   for (const conn of [redis, subscriber]) {
     conn.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
   }
