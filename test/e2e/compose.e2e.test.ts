@@ -6,8 +6,8 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -96,6 +96,22 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** The first reply line a Redis server at host:port gives to an inline command, or the connection error. */
+async function redisReply(host: string, port: number, command: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    let reply = '';
+    socket.setTimeout(5000, () => socket.destroy(new Error('timeout')));
+    socket.on('connect', () => socket.write(`${command}\r\n`));
+    socket.on('data', (chunk: Buffer) => {
+      reply += chunk.toString('utf8');
+      if (reply.includes('\r\n')) socket.end();
+    });
+    socket.on('error', (err) => resolve(`error: ${err.message}`));
+    socket.on('close', () => resolve(reply.split('\r\n')[0] ?? ''));
+  });
+}
+
 async function http(method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }> {
   const res = await fetch(apiUrl + path, {
     method,
@@ -180,7 +196,6 @@ beforeAll(async () => {
     MAESTRO_PREFIX: PREFIX,
     MAESTRO_IMAGE: 'maestro:e2e',
     SANDBOX_IMAGE: 'maestro-sandbox:e2e',
-    DOCKER_GID: String((await stat('/var/run/docker.sock')).gid),
     ALLOWED_DIR: allowed,
     OPENAI_API_KEY: 'sk-e2e-openai',
     ANTHROPIC_API_KEY: 'sk-ant-e2e',
@@ -258,8 +273,35 @@ describe('docker compose up', () => {
     }
   });
 
-  test('every container runs as a non-root user', async () => {
-    for (const service of ['api', 'worker', 'redis', 'model']) {
+  test('from the host, no process outside the stack can run a Redis command at any address of the Redis container', async () => {
+    const [redis] = await containersOf('redis');
+    const networks = (await inspect(redis as string)).NetworkSettings.Networks as Record<string, { IPAddress: string; GlobalIPv6Address: string }>;
+    const addresses = Object.values(networks).flatMap((n) => [n.IPAddress, n.GlobalIPv6Address]).filter(Boolean);
+    expect(addresses.length).toBeGreaterThan(0);
+    for (const address of addresses) {
+      // Each command alone on a fresh connection, as an intruder would try them.
+      for (const command of ['PING', 'INFO', 'KEYS *', `GET ${PREFIX}:deployment`, 'CONFIG GET requirepass', 'FLUSHALL']) {
+        const reply = await redisReply(address, 6379, command);
+        expect([address, command, reply]).toEqual([address, command, expect.stringMatching(/^-NOAUTH /)]);
+      }
+    }
+    // The stack itself got in: a job went through it (the other tests) and the api is ready.
+    expect((await fetch(`${apiUrl}/readyz`)).status).toBe(200);
+  });
+
+  test('every container runs as a non-root user; the worker drops root itself, into the Docker socket group', async () => {
+    // Compose starts the worker as root so it can find the socket's group; by the time it is healthy
+    // its only process is uid/gid 1000, with the socket's group and no capabilities.
+    const [worker] = await containersOf('worker');
+    const status = await readFile(`/proc/${(await inspect(worker as string)).State.Pid as number}/status`, 'utf8');
+    const field = (name: string): string => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1]?.trim() ?? '';
+    expect(field('Uid').split(/\s+/)).toEqual(['1000', '1000', '1000', '1000']);
+    expect(field('Gid').split(/\s+/)).toEqual(['1000', '1000', '1000', '1000']);
+    expect(field('Groups')).toBe(String((await stat('/var/run/docker.sock')).gid));
+    for (const caps of ['CapInh', 'CapPrm', 'CapEff', 'CapAmb']) expect([caps, field(caps)]).toEqual([caps, '0000000000000000']);
+    expect((await docker(['top', worker as string, '-o', 'pid,uid'])).trim().split('\n').slice(1)).toHaveLength(1);
+
+    for (const service of ['api', 'redis', 'model']) {
       const [id] = await containersOf(service);
       const user = String((await inspect(id as string)).Config.User);
       // [service, …] so a failure names the service.
@@ -314,9 +356,10 @@ describe('docker compose up', () => {
     await codeRunning(id);
     const before = new Set((await ourSandboxes()).map((c) => c.worker));
     const [worker] = await containersOf('worker');
-    // SIGKILL the worker process (not `docker kill`, which Docker counts as a deliberate stop), so
-    // the restart policy brings the container back, as after a crash.
-    await compose(['exec', '-T', 'worker', 'sh', '-c', 'kill -KILL -1']).catch(() => undefined);
+    // SIGKILL the worker process from the host (not `docker kill`, which Docker counts as a
+    // deliberate stop), so the restart policy brings the container back, as after a crash. It is
+    // the container's PID 1, which no signal from inside the container could kill.
+    process.kill((await inspect(worker as string)).State.Pid as number, 'SIGKILL');
     await waitFor(async () => (await inspect(worker as string)).RestartCount >= 1, { timeoutMs: 30_000, what: 'the worker to be restarted' });
 
     const job = await waitForEnd(id, 120_000);
@@ -363,4 +406,75 @@ describe('docker compose up', () => {
     expect((await compose(['ps', '-a', '-q'])).trim()).toBe('');
     expect((await docker(['volume', 'ls', '-q', '--filter', `label=com.docker.compose.project=${PROJECT}`])).trim()).toBe('');
   });
+});
+
+describe('docker compose up with no configuration', () => {
+  const project = `maestro-e2e-zero-${RUN_ID}`;
+  const prefix = `e2ez${RUN_ID}`;
+  let env: NodeJS.ProcessEnv = {};
+
+  /** Compose with no --env-file and no .env: only the process environment below. */
+  async function zeroCompose(args: string[]): Promise<string> {
+    try {
+      // --env-file /dev/null: no .env is read, not even one a developer keeps in the checkout.
+      const { stdout } = await run('docker', ['compose', '-p', project, '--project-directory', ROOT, '--env-file', '/dev/null', ...FILES, ...args], {
+        cwd: ROOT,
+        env,
+        maxBuffer: 64 * 1024 * 1024,
+      });
+      return stdout;
+    } catch (err) {
+      const e = err as Error & { stderr?: string };
+      throw new Error(`docker compose ${args.join(' ')} failed: ${e.stderr?.slice(-4000) ?? e.message}`);
+    }
+  }
+
+  afterAll(async () => {
+    await zeroCompose(['down', '-v', '--remove-orphans', '--timeout', '20']).catch((err: unknown) => console.error(err));
+    const left = (await docker(['ps', '-aq', '--filter', 'label=maestro.role=sandbox']).catch(() => '')).split('\n').filter(Boolean);
+    for (const id of left) {
+      const worker = (await docker(['inspect', '--format', '{{index .Config.Labels "maestro.worker"}}', id]).catch(() => '')).trim();
+      if (worker.startsWith(`${prefix}.`)) await docker(['rm', '-f', '-v', id]).catch(() => undefined);
+    }
+  }, 120_000);
+
+  test('comes up healthy with no .env and no DOCKER_GID, and runs a job’s code as a non-root worker', async () => {
+    const port = await freePort();
+    // Not configuration a user does: a free port instead of 3000, a key prefix so this test finds
+    // its own sandboxes, the images the first stack built (so nothing is rebuilt), an allowed dir
+    // that this run removes (the default /srv/maestro/files would be created on the host), and the
+    // scripted model's key (compose.e2e.yml points the worker at it).
+    env = {
+      ...composeEnv(),
+      API_PORT: String(port),
+      MAESTRO_PREFIX: prefix,
+      MAESTRO_IMAGE: 'maestro:e2e',
+      SANDBOX_IMAGE: 'maestro-sandbox:e2e',
+      ALLOWED_DIR: allowedDir,
+      OPENAI_API_KEY: 'sk-e2e-openai',
+    };
+    expect(Object.keys(env)).not.toContain('DOCKER_GID');
+    await zeroCompose(['up', '-d', '--wait', '--wait-timeout', '180']);
+
+    const [worker] = (await zeroCompose(['ps', '-q', 'worker'])).split('\n').filter(Boolean);
+    const status = await readFile(`/proc/${(await inspect(worker as string)).State.Pid as number}/status`, 'utf8');
+    expect(/^Uid:\s*(\d+)/m.exec(status)?.[1]).toBe('1000');
+
+    const res = await fetch(`http://127.0.0.1:${port}/v1/jobs`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ task: 'e2e:interfaces', provider: 'openai' }),
+    });
+    expect(res.status).toBe(202);
+    const { id } = (await res.json()) as JobView;
+    const job = await waitFor(
+      async () => {
+        const view = (await (await fetch(`http://127.0.0.1:${port}/v1/jobs/${id}`)).json()) as JobView;
+        return TERMINAL.has(view.status) ? view : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 200, what: `job ${id} to end` },
+    );
+    expect(job).toMatchObject({ status: 'succeeded' });
+    expect(toolSteps(job)[0]?.output).toMatch(/^interfaces=lo$/m);
+  }, 300_000);
 });

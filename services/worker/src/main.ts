@@ -1,9 +1,12 @@
 import { ConfigError, loadConfig } from '../../shared/src/config';
 import { startHealthFile } from './health-file';
+import { dropRoot } from './privileges';
 import { startWorker } from './worker-service';
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
+  // Before anything is read or connected: from here on the worker is uid 1000 (compose starts it as root).
+  dropRoot(config.DOCKER_HOST);
   const worker = await startWorker(config);
   const health = startHealthFile(config, worker.workerId);
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
