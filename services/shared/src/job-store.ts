@@ -10,16 +10,83 @@ import {
   type StopReason,
   type Usage,
 } from './job-schema';
+import { newJobId } from './ids';
+import { MAX_QUEUE_PRIORITY, queueKey } from './queue';
 
 const EVENTS_MAXLEN = 10_000;
 
 // Transitions are Lua scripts so that "only if not already terminal" holds against every other
 // writer (a cancelling API replica, a stalled-job takeover, a late worker).
+
+/**
+ * Creates a job, unless the request's Idempotency-Key already names one or the caller is at its cap;
+ * all in one script, so the cap cannot be overrun by concurrent requests and a replay is never
+ * refused by it.
+ *
+ * Fair order: the job's BullMQ priority (lower runs first, FIFO within a number) is start-time fair
+ * queueing with unit cost. The clock is the highest priority a worker has started. A caller with no
+ * active job starts at the clock, so it waits behind at most one job per busy caller; each further
+ * job goes one after the caller's latest active one, so busy callers interleave. Never more than the
+ * caller's active count past the clock: a caller that has been busy for hours, or cancelled its
+ * backlog, builds up no debt. The clock restarts at 1 once it is high and the queue is idle, since
+ * BullMQ caps priorities near 2^21; if it never idles, numbers saturate and the order degrades to FIFO.
+ *
+ * KEYS: 1 job, 2 caller's job index, 3 job events, 4 caller's active jobs (score: priority),
+ *       5 fair clock, 6-10 BullMQ wait, active, prioritized, delayed, paused, [11 idempotency key]
+ * ARGV: 1 id, 2 events maxlen, 3 active cap, 4 job key prefix, 5 BullMQ job key prefix,
+ *       6 time prefix of ids old enough to be orphans, 7 max priority, 8 clock reset threshold,
+ *       9 request fingerprint, 10 idempotency ttl s, 11.. job hash fields
+ */
 const CREATE = `
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local idem = KEYS[11]
+if idem then
+  local v = redis.call('GET', idem)
+  if v then
+    local fp, id = string.match(v, '^(%S+) (%S+)$')
+    if fp == ARGV[9] then return {'existing', id} end
+    return {'conflict', id}
+  end
+end
+
+local active = KEYS[4]
+local n = redis.call('ZCARD', active)
+if n >= tonumber(ARGV[3]) then
+  -- Only at the cap: drop ids whose job ended or is gone, so a missed removal never locks the caller
+  -- out. A large set is sampled; every stale id is met in time.
+  local ids
+  if n <= 1000 then ids = redis.call('ZRANGE', active, 0, -1) else ids = redis.call('ZRANDMEMBER', active, 1000) end
+  for _, id in ipairs(ids) do
+    local st = redis.call('HGET', ARGV[4] .. id, 'status')
+    local ended = (not st) or st == 'succeeded' or st == 'failed' or st == 'cancelled'
+    -- Not ended yet unknown to BullMQ long after creation: its API replica died between storing and
+    -- enqueueing it, or BullMQ failed it and the verdict was never recorded. Ids start with their
+    -- creation time, so comparing the first 10 characters compares times.
+    local orphan = (not ended) and string.sub(id, 1, 10) < ARGV[6] and redis.call('EXISTS', ARGV[5] .. id) == 0
+    if ended or orphan then redis.call('ZREM', active, id) end
+  end
+  n = redis.call('ZCARD', active)
+  if n >= tonumber(ARGV[3]) then return {'full', n} end
+end
+
+local clock = tonumber(redis.call('GET', KEYS[5]) or '1')
+if clock >= tonumber(ARGV[8]) and redis.call('LLEN', KEYS[6]) == 0 and redis.call('LLEN', KEYS[7]) == 0
+    and redis.call('ZCARD', KEYS[8]) == 0 and redis.call('ZCARD', KEYS[9]) == 0 and redis.call('LLEN', KEYS[10]) == 0 then
+  clock = 1
+  redis.call('SET', KEYS[5], clock)
+end
+local priority = clock
+if n > 0 then
+  local latest = tonumber(redis.call('ZRANGE', active, -1, -1, 'WITHSCORES')[2])
+  priority = math.max(clock, math.min(latest + 1, clock + n))
+end
+priority = math.min(priority, tonumber(ARGV[7]))
+
+redis.call('HSET', KEYS[1], 'priority', priority, unpack(ARGV, 11))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('ZADD', active, priority, ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'data', '{"status":"queued"}')
-return 1
+if idem then redis.call('SET', idem, ARGV[9] .. ' ' .. ARGV[1], 'EX', ARGV[10]) end
+return {'created', priority}
 `;
 
 const MARK_RUNNING = `
@@ -34,6 +101,9 @@ if not redis.call('HGET', KEYS[1], 'startedAt') then
   redis.call('HSET', KEYS[1], 'startedAt', ARGV[2], 'deadlineMs', tostring(deadline))
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'data', ARGV[3])
+-- The fair clock follows the highest priority started (see CREATE); jobs from before fair order have none.
+local priority = tonumber(redis.call('HGET', KEYS[1], 'priority'))
+if priority and priority > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], priority) end
 return {1, redis.call('HGET', KEYS[1], 'deadlineMs'), attempts, redis.call('HGET', KEYS[1], 'spec')}
 `;
 
@@ -45,14 +115,17 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'data
 return 1
 `;
 
+// KEYS: 1 caller's active jobs, 2 job, 3 job events, 4.. the job's other keys (all get the retention expiry).
 const FINISH = `
-local st = redis.call('HGET', KEYS[1], 'status')
+-- Off the active set whatever the outcome: an ended job that is still listed was missed before.
+redis.call('ZREM', KEYS[1], ARGV[9])
+local st = redis.call('HGET', KEYS[2], 'status')
 if not st then return -1 end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finishedAt', ARGV[2], 'stopReason', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', 'status', 'data', ARGV[6])
+redis.call('HSET', KEYS[2], 'status', ARGV[1], 'finishedAt', ARGV[2], 'stopReason', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'type', 'status', 'data', ARGV[6])
 local ttl = tonumber(ARGV[7])
-for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
 return 1
 `;
 
@@ -64,18 +137,20 @@ redis.call('HSET', KEYS[1], 'cancelRequested', '1')
 return st
 `;
 
-const CLAIM_IDEMPOTENCY_KEY = `
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'EX', ARGV[3])
-  return {'new', ARGV[2]}
-end
-local fp, id = string.match(v, '^(%S+) (%S+)$')
-if fp == ARGV[1] then return {'existing', id} end
-return {'conflict', id}
-`;
+/** What `create` did: made the job, found the Idempotency-Key's job, or refused. */
+export type CreateOutcome =
+  | { outcome: 'created'; job: JobView; priority: number }
+  /** The key names this job, made by an earlier request with the same body. */
+  | { outcome: 'existing'; jobId: string }
+  /** The key was used with another body. */
+  | { outcome: 'conflict'; jobId: string }
+  /** The caller already has `active` queued or running jobs, its cap. */
+  | { outcome: 'full'; active: number };
 
-export type IdempotencyClaim = { outcome: 'new' | 'existing' | 'conflict'; jobId: string };
+/** Past this the fair clock restarts at the next idle moment: BullMQ's priorities stop just below 2^21. */
+const CLOCK_RESET_AT = 1_000_000;
+/** A queued job BullMQ does not know this long after creation was never enqueued: see CREATE. */
+const ORPHAN_AFTER_MS = 60_000;
 
 export type MarkRunningResult =
   | { outcome: 'started'; spec: JobSpec; deadline: Date; attempts: number }
@@ -119,13 +194,32 @@ export class JobStore {
     return `${this.prefix}:caller:${encodeURIComponent(caller)}:jobs`;
   }
 
+  /** The caller's queued and running jobs, scored by their queue priority: its cap and its place in the fair order. */
+  private activeKey(caller: string): string {
+    return `${this.prefix}:caller:${encodeURIComponent(caller)}:active`;
+  }
+
+  /** The fair-order clock: the highest queue priority a worker has started (see CREATE). */
+  private clockKey(): string {
+    return `${this.prefix}:fair-clock`;
+  }
+
   /** Every key of a job, so that finishing can set one expiry on all of them. */
   private allKeys(id: string): string[] {
     return [this.key(id), this.key(id, 'events'), this.key(id, 'steps'), this.key(id, 'checkpoint'), this.key(id, 'artifacts')];
   }
 
-  /** Records a new queued job and returns it as the API shows it. */
-  async create(id: string, spec: JobSpec, createdAt: Date): Promise<JobView> {
+  /**
+   * Records a new queued job and places it in its caller's fair order, unless `idempotency` names a
+   * key already used (its job is returned instead, whatever the cap) or the caller already has
+   * `maxActive` queued or running jobs. One script, so neither check can be raced.
+   */
+  async create(
+    id: string,
+    spec: JobSpec,
+    createdAt: Date,
+    opts: { maxActive: number; idempotency?: { key: string; fingerprint: string; ttlSeconds: number } },
+  ): Promise<CreateOutcome> {
     const hash = {
       spec: JSON.stringify(spec),
       caller: spec.caller,
@@ -136,9 +230,37 @@ export class JobStore {
       inputTokens: '0',
       outputTokens: '0',
     };
+    const keys = [
+      this.key(id),
+      this.callerKey(spec.caller),
+      this.key(id, 'events'),
+      this.activeKey(spec.caller),
+      this.clockKey(),
+      ...['wait', 'active', 'prioritized', 'delayed', 'paused'].map((part) => queueKey(this.prefix, part)),
+    ];
+    if (opts.idempotency) keys.push(this.idempotencyKey(spec.caller, opts.idempotency.key));
     // One script rather than MULTI: a single command and reply on the hottest write path.
-    await this.run(CREATE, [this.key(id), this.callerKey(spec.caller), this.key(id, 'events')], [id, EVENTS_MAXLEN, ...Object.entries(hash).flat()]);
-    return toView(id, hash, [], []);
+    const [outcome, value] = (await this.run(CREATE, keys, [
+      id,
+      EVENTS_MAXLEN,
+      opts.maxActive,
+      this.key(''),
+      queueKey(this.prefix, ''),
+      newJobId(createdAt.getTime() - ORPHAN_AFTER_MS).slice(0, 10),
+      MAX_QUEUE_PRIORITY,
+      CLOCK_RESET_AT,
+      opts.idempotency?.fingerprint ?? '',
+      opts.idempotency?.ttlSeconds ?? 0,
+      ...Object.entries(hash).flat(),
+    ])) as [CreateOutcome['outcome'], string | number];
+    switch (outcome) {
+      case 'created':
+        return { outcome, priority: Number(value), job: toView(id, hash, [], []) };
+      case 'full':
+        return { outcome, active: Number(value) };
+      default:
+        return { outcome, jobId: String(value) };
+    }
   }
 
   async status(id: string): Promise<JobStatus | null> {
@@ -204,7 +326,7 @@ export class JobStore {
   async markRunning(id: string, now: Date): Promise<MarkRunningResult> {
     const res = (await this.run(
       MARK_RUNNING,
-      [this.key(id), this.key(id, 'events')],
+      [this.key(id), this.key(id, 'events'), this.clockKey()],
       [now.getTime(), now.toISOString(), JSON.stringify({ status: 'running' }), EVENTS_MAXLEN],
     )) as [number, string?, number?, string?];
     if (res[0] === -1) return { outcome: 'missing' };
@@ -263,7 +385,7 @@ export class JobStore {
     return { info: JSON.parse(info) as ArtifactInfo, data };
   }
 
-  /** Ends a job unless it has already ended; returns whether this call ended it. */
+  /** Ends a job unless it has already ended, and frees its place among its caller's active jobs; returns whether this call ended it. */
   async finish(
     id: string,
     outcome: {
@@ -274,7 +396,10 @@ export class JobStore {
     },
     now = new Date(),
   ): Promise<boolean> {
-    const keys = [...this.allKeys(id), this.key(id, 'artifact-data')];
+    // The caller names the active set; it never changes, so reading it first races nothing.
+    const caller = await this.redis.hget(this.key(id), 'caller');
+    if (caller === null) return false;
+    const keys = [this.activeKey(caller), ...this.allKeys(id), this.key(id, 'artifact-data')];
     const res = await this.run(FINISH, keys, [
       outcome.status,
       now.toISOString(),
@@ -284,21 +409,9 @@ export class JobStore {
       JSON.stringify({ status: outcome.status, stopReason: outcome.stopReason, error: outcome.error ?? null }),
       this.retentionSeconds,
       EVENTS_MAXLEN,
+      id,
     ]);
     return res === 1;
-  }
-
-  /**
-   * Claims `key` for the caller's request with body fingerprint `fingerprint`. The first claim wins
-   * atomically (so concurrent duplicates create one job); later claims learn its job id, or that the
-   * key was used for another body.
-   */
-  async claimIdempotencyKey(caller: string, key: string, fingerprint: string, newJobId: string, ttlSeconds: number): Promise<IdempotencyClaim> {
-    const [outcome, jobId] = (await this.run(CLAIM_IDEMPOTENCY_KEY, [this.idempotencyKey(caller, key)], [fingerprint, newJobId, ttlSeconds])) as [
-      IdempotencyClaim['outcome'],
-      string,
-    ];
-    return { outcome, jobId };
   }
 
   /** Frees a claim whose job could not be created, so a retry of the request can succeed. */

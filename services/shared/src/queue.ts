@@ -1,8 +1,24 @@
 import { EventEmitter } from 'node:events';
-import { Queue, type ConnectionOptions, type Worker } from 'bullmq';
+import { PRIORITY_LIMIT, Queue, type ConnectionOptions, type Worker } from 'bullmq';
 
 /** The BullMQ queue every job goes through. Its job id is the Maestro job id. */
 export const JOBS_QUEUE = 'jobs';
+
+/**
+ * BullMQ's highest priority number (2^21 - 1), served last. Every Maestro job carries a number from
+ * 1 up: BullMQ serves its plain wait list (priority 0) before any prioritized job, so 0 would jump
+ * the fair order.
+ */
+export const MAX_QUEUE_PRIORITY = PRIORITY_LIMIT;
+
+/**
+ * One of BullMQ 5's own keys of the jobs queue: `wait`, `active`, `prioritized`, `delayed`, `paused`,
+ * or a job id (the job's hash). Job-store scripts read them to tell an idle queue and a job BullMQ
+ * no longer holds.
+ */
+export function queueKey(prefix: string, part: string): string {
+  return `${prefix}:${JOBS_QUEUE}:${part}`;
+}
 
 export interface QueuedJobData {
   jobId: string;

@@ -17,7 +17,7 @@ import {
 } from '../../shared/src/queue';
 import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
 import { validateAllowedDirs } from './allowed-dirs';
-import { JobProcessor } from './job-processor';
+import { JobProcessor, WorkerShuttingDown } from './job-processor';
 import { createProvider } from './providers';
 import type { ModelProvider } from './providers/model-provider';
 import { OUTPUT_DIR } from './sandbox/container-spec';
@@ -165,12 +165,26 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     maxStalledCount: 2,
   }));
   worker.on('error', (err) => logger.warn({ event: 'worker.error', message: err.message }, 'worker error'));
+  const lateVerdicts = new Set<Promise<void>>();
   worker.on('failed', (job, err) => {
-    // Jobs failed by BullMQ itself (stalled too often) never reached our processor's verdict.
-    if (!job || !/stalled/i.test(err.message)) return;
-    void store
-      .finish(job.data.jobId, { status: 'failed', stopReason: 'error', error: { code: 'worker_lost', message: 'The workers running this job kept dying.' } })
-      .catch(() => undefined);
+    // BullMQ sets finishedOn only when it gives a job up for good. Most such jobs already carry the
+    // processor's verdict, and finish() leaves that alone; the rest never reached one: stalled too
+    // often, handed back on shutdown on their last attempt, or the store failing before the run.
+    // Without a verdict they would read as queued forever and hold a place in the caller's cap.
+    if (!job?.finishedOn) return;
+    const lost = /stalled/i.test(err.message) || err instanceof WorkerShuttingDown;
+    const error = lost
+      ? { code: 'worker_lost', message: 'The workers running this job kept stopping.' }
+      : { code: 'internal', message: 'The worker hit an internal error on every attempt.' };
+    const recording = store.finish(job.data.jobId, { status: 'failed', stopReason: 'error', error }).then(
+      () => undefined,
+      (finishErr: unknown) => {
+        logger.warn({ event: 'job.verdict_failed', jobId: job.data.jobId, message: (finishErr as Error).message }, 'could not record a failed job');
+      },
+    );
+    // Shutdown is when this happens most (jobs handed back on their last attempt): it waits for these.
+    lateVerdicts.add(recording);
+    void recording.finally(() => lateVerdicts.delete(recording));
   });
   if (config.AUTH_MODE !== 'none' && config.SANDBOX_RUNTIME === 'runc') {
     // Authentication means callers who are not all the operator; under runc their code shares the host's kernel.
@@ -187,6 +201,7 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     // Running jobs get the grace period to finish; then they are handed back and resume elsewhere.
     const grace = setTimeout(() => processor.abortAll(), config.WORKER_SHUTDOWN_GRACE_MS);
     await worker.close();
+    await Promise.all(lateVerdicts);
     clearTimeout(grace);
     clearInterval(reaperTimer);
     clearInterval(heartbeatTimer);

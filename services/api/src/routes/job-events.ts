@@ -1,13 +1,45 @@
+import { randomUUID } from 'node:crypto';
 import type { RequestHandler } from 'express';
 import type { Redis } from 'ioredis';
 import { AppError, NotFoundError, ValidationError } from '../../../shared/src/errors';
 import { TERMINAL_STATUSES, type JobStatus } from '../../../shared/src/job-schema';
 import type { JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
+import { sendProblem } from '../problem';
 
 const STREAM_ID = /^\d{1,20}-\d{1,20}$/;
 /** Each open stream holds a Redis connection; past this many, new ones are refused with 503. */
 const MAX_OPEN_STREAMS = 1000;
+
+/**
+ * Takes one of the caller's stream slots, counted across API replicas: a sorted set of open stream
+ * ids scored by when each lapses. Lapsed entries (their replica died without closing them) are
+ * dropped first, so a crash never locks a caller out for longer than one lease. Redis's clock, not
+ * the replica's, so replicas with skewed clocks agree. Returns {1} or {0, ms until the soonest lapses}.
+ */
+const OPEN_STREAM = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return {0, tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) - now}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1}
+`;
+
+/**
+ * Extends an open stream's lease. Re-added even if it had lapsed (a stalled event loop, say): the
+ * stream is open, and an honest count may briefly exceed the cap rather than undercount it.
+ */
+const RENEW_STREAM = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`;
 
 export interface JobEventsDeps {
   store: JobStore;
@@ -16,6 +48,10 @@ export interface JobEventsDeps {
   /** How long a quiet stream waits before sending a heartbeat comment. */
   heartbeatMs: number;
   jobIdParam(req: Parameters<RequestHandler>[0]): string;
+  /** Deployment prefix of the Redis keys. */
+  prefix: string;
+  /** Streams one caller may hold open at once, across replicas (CALLER_MAX_EVENT_STREAMS). */
+  maxStreamsPerCaller: number;
 }
 
 /**
@@ -24,9 +60,26 @@ export interface JobEventsDeps {
  * after the terminal status event, and a client arriving later still gets the whole history.
  */
 export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
-  const { store, redis, logger } = deps;
+  const { store, redis, logger, maxStreamsPerCaller } = deps;
+  // A lease outlives the longest quiet spell of a live stream (one heartbeat) with room to spare, and
+  // is renewed once a third of it has passed, so a live stream never lapses.
+  const leaseMs = 2 * deps.heartbeatMs + 5000;
+  const renewEveryMs = Math.floor(leaseMs / 3);
   let openStreams = 0;
   return async (req, res) => {
+    // Listened for before the first await: a client that leaves during the checks below must still
+    // free the slot it took, and a stream must stop reading once its client is gone.
+    let gone = false;
+    const onGone: (() => void)[] = [];
+    res.on('close', () => {
+      gone = true;
+      for (const undo of onGone.splice(0)) undo();
+    });
+    const whenGone = (undo: () => void): void => {
+      if (gone) undo();
+      else onGone.push(undo);
+    };
+
     const id = deps.jobIdParam(req);
     const caller = res.locals.caller as string;
     if (!(await store.getFor(caller, id))) throw new NotFoundError('No such job.');
@@ -40,10 +93,29 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
     if (openStreams >= MAX_OPEN_STREAMS) {
       throw new AppError({ code: 'too_many_streams', status: 503, detail: 'Too many open event streams; poll the job or retry later.' });
     }
+    const slotsKey = `${deps.prefix}:caller:${encodeURIComponent(caller)}:streams`;
+    const streamId = randomUUID();
+    const [took, lapsesInMs] = (await redis.eval(OPEN_STREAM, 1, slotsKey, streamId, maxStreamsPerCaller, leaseMs)) as [number, number?];
+    if (took !== 1) {
+      // The soonest a slot frees without the caller closing a stream: when the oldest lease would lapse.
+      res.set('Retry-After', String(Math.max(1, Math.ceil((lapsesInMs ?? leaseMs) / 1000))));
+      sendProblem(
+        res,
+        429,
+        'too_many_streams',
+        `You have ${maxStreamsPerCaller} event streams open, the most CALLER_MAX_EVENT_STREAMS allows; close one, or poll the job.`,
+      );
+      return;
+    }
     openStreams += 1;
-    res.on('close', () => {
+    whenGone(() => {
       openStreams -= 1;
+      redis.zrem(slotsKey, streamId).catch((err: unknown) => {
+        // The lease lapses on its own.
+        logger.warn({ event: 'sse.release_failed', jobId: id, message: (err as Error).message }, 'event stream slot not released');
+      });
     });
+    if (gone) return;
     res.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
       'Cache-Control': 'no-cache, no-transform',
@@ -56,16 +128,17 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
     // XREAD BLOCK holds its connection, so each stream gets its own, closed when the client leaves.
     const conn = redis.duplicate({ maxRetriesPerRequest: null, enableAutoPipelining: false });
     conn.on('error', () => undefined);
-    let open = true;
-    req.on('close', () => {
-      open = false;
-      conn.disconnect();
-    });
+    whenGone(() => conn.disconnect());
     let cursor = lastEventId ?? '0-0';
+    let renewedAt = Date.now();
     try {
-      while (open) {
+      while (!gone) {
+        if (Date.now() - renewedAt >= renewEveryMs) {
+          await redis.eval(RENEW_STREAM, 1, slotsKey, streamId, leaseMs);
+          renewedAt = Date.now();
+        }
         const reply = await conn.xread('COUNT', 100, 'BLOCK', deps.heartbeatMs, 'STREAMS', store.eventsKey(id), cursor);
-        if (!open) break;
+        if (gone) break;
         if (reply === null) {
           res.write(': heartbeat\n\n');
           continue;
@@ -79,7 +152,7 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
         if (ended) break;
       }
     } catch (err) {
-      if (open) logger.warn({ event: 'sse.failed', jobId: id, message: (err as Error).message }, 'event stream failed');
+      if (!gone) logger.warn({ event: 'sse.failed', jobId: id, message: (err as Error).message }, 'event stream failed');
     } finally {
       conn.disconnect();
       res.end();

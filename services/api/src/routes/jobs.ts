@@ -5,11 +5,12 @@ import { z } from 'zod';
 import type { Config } from '../../../shared/src/config';
 import { AppError, ConflictError, NotFoundError, ValidationError } from '../../../shared/src/errors';
 import { JOB_ID_PATTERN, newJobId } from '../../../shared/src/ids';
-import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type JobSpec, type JobView } from '../../../shared/src/job-schema';
+import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type JobSpec } from '../../../shared/src/job-schema';
 import type { JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
 import { cancelChannel, type QueuedJobData } from '../../../shared/src/queue';
 import { parseOrThrow } from '../../../shared/src/validation';
+import { sendProblem } from '../problem';
 import { jobEventsHandler } from './job-events';
 import type { Redis } from 'ioredis';
 
@@ -51,14 +52,13 @@ function fingerprint(body: unknown): string {
   return createHash('sha256').update(JSON.stringify(canonical(body))).digest('hex');
 }
 
-async function waitForJob(store: JobStore, caller: string, id: string, timeoutMs: number): Promise<JobView | null> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const job = await store.getFor(caller, id);
-    if (job || Date.now() > deadline) return job;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+/**
+ * Retry-After for a caller at its active-job cap. A slot frees only when one of its jobs ends, and an
+ * agent job takes tens of seconds to minutes (model calls plus executions): half a minute lets a batch
+ * client pace itself without spending its rate limit on refusals. Anyone wanting the exact moment can
+ * follow one of its jobs' event streams.
+ */
+const ACTIVE_CAP_RETRY_AFTER_S = 30;
 
 function jobIdParam(req: Request): string {
   const id = req.params.id;
@@ -94,25 +94,36 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       metadata: body.metadata ?? {},
       caller,
     };
-    let id = newJobId();
-    if (idempotencyKey !== undefined) {
-      const claim = await store.claimIdempotencyKey(caller, idempotencyKey, fingerprint(body), id, IDEMPOTENCY_TTL_SECONDS);
-      if (claim.outcome === 'conflict') {
-        throw new ConflictError('This Idempotency-Key was already used with a different request body.', 'idempotency_key_reused');
-      }
-      if (claim.outcome === 'existing') {
-        id = claim.jobId;
-        // A concurrent duplicate may still be creating the job it claimed the key for.
-        const job = await waitForJob(store, caller, id, 5000);
-        if (!job) throw new AppError({ code: 'idempotency_pending', status: 409, detail: 'The first request with this Idempotency-Key has not finished; retry shortly.' });
-        res.status(200).location(`/v1/jobs/${id}`).json(job);
-        return;
-      }
+    const created = await store.create(newJobId(), spec, new Date(), {
+      maxActive: config.CALLER_MAX_ACTIVE_JOBS,
+      ...(idempotencyKey === undefined ? {} : { idempotency: { key: idempotencyKey, fingerprint: fingerprint(body), ttlSeconds: IDEMPOTENCY_TTL_SECONDS } }),
+    });
+    if (created.outcome === 'conflict') {
+      throw new ConflictError('This Idempotency-Key was already used with a different request body.', 'idempotency_key_reused');
     }
-    const created = await store.create(id, spec, new Date());
+    if (created.outcome === 'existing') {
+      // The key and its job are written by one script, so the job exists unless its retention ran out.
+      const job = await store.getFor(caller, created.jobId);
+      if (!job) throw new ConflictError('The job this Idempotency-Key created has expired; send a new key.', 'idempotency_job_expired');
+      res.status(200).location(`/v1/jobs/${job.id}`).json(job);
+      return;
+    }
+    if (created.outcome === 'full') {
+      res.set('Retry-After', String(ACTIVE_CAP_RETRY_AFTER_S));
+      sendProblem(
+        res,
+        429,
+        'too_many_active_jobs',
+        `You have ${created.active} queued or running jobs, the most CALLER_MAX_ACTIVE_JOBS (${config.CALLER_MAX_ACTIVE_JOBS}) allows; submit this one when one of them ends.`,
+      );
+      return;
+    }
+    const id = created.job.id;
     try {
       await queue.add('agent', { jobId: id }, {
         jobId: id,
+        // The caller's place in the fair order (see job-store CREATE); BullMQ keeps it through retries.
+        priority: created.priority,
         attempts: config.JOB_ATTEMPTS,
         backoff: { type: 'exponential', delay: 1000 },
         removeOnComplete: true,
@@ -126,7 +137,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
     }
     logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model }, 'job created');
-    res.status(202).location(`/v1/jobs/${id}`).json(created);
+    res.status(202).location(`/v1/jobs/${id}`).json(created.job);
   });
 
   router.get('/', async (req, res) => {
@@ -162,7 +173,18 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     res.status(202).json(await store.getFor(caller, id));
   });
 
-  router.get('/:id/events', jobEventsHandler({ store, redis, logger, heartbeatMs: config.SSE_HEARTBEAT_MS, jobIdParam }));
+  router.get(
+    '/:id/events',
+    jobEventsHandler({
+      store,
+      redis,
+      logger,
+      heartbeatMs: config.SSE_HEARTBEAT_MS,
+      jobIdParam,
+      prefix: config.MAESTRO_PREFIX,
+      maxStreamsPerCaller: config.CALLER_MAX_EVENT_STREAMS,
+    }),
+  );
 
   router.get('/:id/artifacts/*name', async (req, res) => {
     const id = jobIdParam(req);
