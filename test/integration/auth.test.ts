@@ -19,11 +19,11 @@ const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
 
 describe('api-key mode', () => {
   let stack: Stack;
-  const alice = bearer('alice-key-0123456789');
-  const bob = bearer('bob-key-9876543210');
+  const alice = bearer('alice-key-0123456789abcdef0123456789abcdef');
+  const bob = bearer('bob-key-9876543210fedcba9876543210fedcba');
   beforeAll(async () => {
     stack = await startStack(model, {
-      env: { AUTH_MODE: 'api-key', API_KEYS: 'alice:alice-key-0123456789,bob:bob-key-9876543210', RATE_LIMIT_PER_MINUTE: '0' },
+      env: { AUTH_MODE: 'api-key', API_KEYS: 'alice:alice-key-0123456789abcdef0123456789abcdef,bob:bob-key-9876543210fedcba9876543210fedcba', RATE_LIMIT_PER_MINUTE: '0' },
     });
   });
   afterAll(async () => {
@@ -31,7 +31,7 @@ describe('api-key mode', () => {
   });
 
   test('a missing, malformed or wrong key is a 401 problem', async () => {
-    for (const headers of [{}, { authorization: 'alice-key-0123456789' }, { authorization: 'Basic YWxpY2U6eA==' }, bearer('alice-key-01234567890'), bearer('')]) {
+    for (const headers of [{}, { authorization: 'alice-key-0123456789abcdef0123456789abcdef' }, { authorization: 'Basic YWxpY2U6eA==' }, bearer('alice-key-0123456789abcdef0123456789abcdef0'), bearer('')]) {
       const res = await request(stack, 'GET', '/v1/jobs', undefined, headers);
       expect(res.status).toBe(401);
       expect(res.headers.get('content-type')).toMatch(/problem\+json/);

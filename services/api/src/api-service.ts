@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ConfigError, type Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
@@ -7,7 +8,8 @@ import { createJobsQueue } from '../../shared/src/queue';
 import { closeRedis, createApiRedis } from '../../shared/src/redis';
 import { withTimeout } from '../../shared/src/time';
 import { createApp } from './app';
-import { unsafeAuthConfig } from './auth';
+import { loadAuthSecret, unsafeAuthConfig } from './auth';
+import { allowedHosts } from './host-check';
 
 export interface RunningApi {
   /** Base URL the API serves on, e.g. http://127.0.0.1:3000 */
@@ -22,9 +24,22 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   const logger = opts.logger ?? createLogger({ level: config.LOG_LEVEL, service: 'api' });
   const unsafe = unsafeAuthConfig(config);
   if (unsafe) throw new ConfigError(unsafe);
+  // A bad ALLOWED_HOSTS entry is a config error too, reported before anything connects.
+  allowedHosts(config);
 
   const redis = createApiRedis(config);
   redis.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
+  // Read before serving: a bare key's caller id, which owns its jobs, must never be derived from a
+  // secret other replicas do not share. Only api-key mode has bare keys.
+  let authSecret: Buffer | undefined;
+  if (config.AUTH_MODE === 'api-key') {
+    try {
+      authSecret = await loadAuthSecret(redis, config.MAESTRO_PREFIX);
+    } catch (err) {
+      await closeRedis(redis);
+      throw new Error(`could not load the API key secret from Redis (${(err as Error).message})`);
+    }
+  }
   // The queue gets a connection of its own: BullMQ loads its many scripts onto whatever connection it
   // is given, and every MULTI on a shared one would copy them (measured: ~8% of the API's CPU).
   const queueRedis = createApiRedis(config);
@@ -32,9 +47,11 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   const queue = createJobsQueue(queueRedis, config.MAESTRO_PREFIX);
   queue.on('error', (err) => logger.warn({ event: 'queue.error', message: err.message }, 'queue error'));
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
-  const app = createApp({ config, store, queue, redis, logger });
+  const app = createApp({ config, store, queue, redis, logger, authSecret });
 
-  const server = app.listen(config.PORT, config.HOST);
+  // Node would answer an HTTP/1.1 request without Host with a bare 400 of its own; the host check
+  // answers it with a problem document instead.
+  const server = createServer({ requireHostHeader: false }, app).listen(config.PORT, config.HOST);
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     // Requests Node's parser refuses (bad header bytes, oversized headers) never reach Express: they
     // still get a problem document, not a bare status line.

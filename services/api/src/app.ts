@@ -8,6 +8,7 @@ import type { JobStore } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
 import { authenticate } from './auth';
+import { hostCheck } from './host-check';
 import { errorHandler, sendProblem } from './problem';
 import { buildOpenApi, renderDocsPage } from './openapi';
 import { rateLimit } from './rate-limit';
@@ -20,6 +21,8 @@ export interface AppDeps {
   queue: Queue<QueuedJobData>;
   redis: Redis;
   logger: Logger;
+  /** The deployment's caller-id secret (`loadAuthSecret`); api-key mode with bare keys needs it. */
+  authSecret?: Buffer;
 }
 
 /** Builds the HTTP app from its parts; `main.ts` supplies real ones, tests may supply their own. */
@@ -50,6 +53,9 @@ export function createApp(deps: AppDeps): Express {
       next();
     });
   }
+  // Before CORS and every route, health and docs included; after helmet and the access log, so a
+  // refusal still carries helmet's headers and shows up in the log.
+  app.use(hostCheck(config));
   // No CORS_ORIGINS means no cross-origin access at all (not `*`): no CORS middleware, no CORS headers.
   if (config.CORS_ORIGINS.length > 0) app.use(cors({ origin: config.CORS_ORIGINS }));
 
@@ -76,7 +82,7 @@ export function createApp(deps: AppDeps): Express {
 
   // Everything under /v1 is authenticated, rate limited and JSON; one router keeps that in one place.
   const v1 = express.Router();
-  v1.use(authenticate(config));
+  v1.use(authenticate(config, { redis, logger, authSecret: deps.authSecret }));
   if (config.RATE_LIMIT_PER_MINUTE > 0) v1.use(rateLimit({ redis, prefix: config.MAESTRO_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, logger }));
   v1.use(express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
   v1.use('/jobs', jobsRouter(deps));

@@ -80,10 +80,18 @@ const problemResponse = (description: string) => ({
   content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
 });
 const jobId = { name: 'id', in: 'path', required: true, schema: { type: 'string', pattern: '^[0-9a-hjkmnp-tv-z]{26}$' } };
+/** What every /v1 operation may answer before it runs: the host check, authentication and the limits. */
 const common = {
+  '400': problemResponse('Invalid request; a missing or malformed Host header is one (`host_not_allowed`).'),
   '401': problemResponse('Not authenticated (api-key and proxy modes).'),
-  '429': problemResponse('Rate limit exceeded; see Retry-After.'),
+  '421': problemResponse('The Host header names a host this API does not answer to (`host_not_allowed`; see ALLOWED_HOSTS).'),
+  '429': problemResponse(
+    'Rate limit exceeded, or too many failed authentications from this address (`too_many_auth_failures`); see Retry-After.',
+  ),
+  '503': problemResponse('Redis is unreachable.'),
 };
+/** With AUTH_MODE=none, what a state-changing request from a foreign browser origin gets. */
+const foreignOrigin = { '403': problemResponse('With AUTH_MODE=none: the Origin is neither this API nor in CORS_ORIGINS (`origin_not_allowed`).') };
 
 export function buildOpenApi(config: Config): Record<string, unknown> {
   const request = createJobRequestSchema({ maxSteps: config.JOB_MAX_STEPS_LIMIT, maxTimeoutSeconds: config.JOB_MAX_TIMEOUT_SECONDS });
@@ -133,12 +141,16 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           responses: {
             '202': { description: 'Queued.', headers: { Location: { schema: { type: 'string' } } }, content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
             '200': { description: 'The job an earlier request with this Idempotency-Key created.', content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
+            ...common,
+            ...foreignOrigin,
             '400': problemResponse('Invalid request; `errors` names each field.'),
-            '409': problemResponse('Idempotency-Key reused with another body.'),
+            '409': problemResponse('Idempotency-Key reused with another body, or its job has expired.'),
             '413': problemResponse('Body too large.'),
             '415': problemResponse('Not application/json.'),
-            '503': problemResponse('The queue is unavailable.'),
-            ...common,
+            '429': problemResponse(
+              'The caller has CALLER_MAX_ACTIVE_JOBS jobs queued or running (`too_many_active_jobs`), the rate limit is exceeded, or too many authentications failed; see Retry-After.',
+            ),
+            '503': problemResponse('Redis or the queue is unavailable.'),
           },
         },
         get: {
@@ -146,8 +158,8 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           parameters: Object.entries(query.properties).map(([name, s]) => ({ name, in: 'query', required: false, schema: s })),
           responses: {
             '200': { description: 'A page of jobs (without steps).', content: { 'application/json': { schema: { $ref: '#/components/schemas/JobList' } } } },
-            '400': problemResponse('Invalid query.'),
             ...common,
+            '400': problemResponse('Invalid query, or a missing or malformed Host header.'),
           },
         },
       },
@@ -172,6 +184,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
             '404': problemResponse('No such job.'),
             '409': problemResponse('The job already succeeded or failed.'),
             ...common,
+            ...foreignOrigin,
           },
         },
       },
@@ -183,9 +196,13 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           parameters: [jobId, { name: 'Last-Event-ID', in: 'header', required: false, schema: { type: 'string', pattern: '^\\d+-\\d+$' } }],
           responses: {
             '200': { description: 'An event stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },
-            '400': problemResponse('Malformed Last-Event-ID.'),
             '404': problemResponse('No such job.'),
             ...common,
+            '400': problemResponse('Malformed Last-Event-ID, or a missing or malformed Host header.'),
+            '429': problemResponse(
+              'The caller has CALLER_MAX_EVENT_STREAMS streams open (`too_many_streams`), the rate limit is exceeded, or too many authentications failed; see Retry-After.',
+            ),
+            '503': problemResponse('Redis is unreachable, or this API process has too many streams open.'),
           },
         },
       },
