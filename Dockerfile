@@ -18,9 +18,13 @@ FROM ${NODE_IMAGE} AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund \
- && npm cache clean --force
+# npm's cache goes to a throwaway directory removed in the same layer, so the image keeps none of it.
+RUN npm ci --omit=dev --no-audit --no-fund --cache /tmp/npm-cache \
+ && rm -rf /tmp/npm-cache
 COPY --from=build /app/dist ./dist
+# The sandbox image's build context: compose's `sandbox` service builds that image from it through
+# the Docker Engine API (services/worker/src/sandbox-build.ts).
+COPY sandbox-image ./sandbox-image
 LABEL org.opencontainers.image.title="maestro"
 # Numeric, so orchestrators that insist on a non-root uid (runAsNonRoot) can verify it; uid 1000 is
 # the `node` user of the official Node images. Nothing under /app is writable by it.

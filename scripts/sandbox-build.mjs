@@ -1,27 +1,8 @@
-// Builds the sandbox image (sandbox-image/) with plain `docker build`.
+// `npm run sandbox:build`: builds the sandbox image (sandbox-image/) through the Docker Engine API, with
+// the same code compose's `sandbox` service runs (services/worker/src/sandbox-build.ts), from source.
 // SANDBOX_IMAGE names the result (default maestro-sandbox:latest); DEBIAN_IMAGE, when set, replaces
-// the official base image (CI machines reach no registry and use a local stand-in).
-import { spawn } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// the official base image (CI machines reach no registry and use a local stand-in). An image already
+// built from the same files and DEBIAN_IMAGE is kept; `npm run sandbox:build -- --force` rebuilds it.
+import { require as tsxRequire } from 'tsx/cjs/api';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const image = process.env.SANDBOX_IMAGE || 'maestro-sandbox:latest';
-const args = ['build', '--tag', image, '--label', 'maestro.role=sandbox-image'];
-if (process.env.DEBIAN_IMAGE) args.push('--build-arg', `DEBIAN_IMAGE=${process.env.DEBIAN_IMAGE}`);
-args.push(join(root, 'sandbox-image'));
-
-console.log(`docker ${args.join(' ')}`);
-const child = spawn('docker', args, { stdio: 'inherit' });
-child.on('error', (err) => {
-  console.error(`sandbox-build: cannot run docker: ${err.message}`);
-  process.exit(1);
-});
-child.on('exit', (code, signal) => {
-  if (code === 0) {
-    console.log(`sandbox-build: built ${image}`);
-    process.exit(0);
-  }
-  console.error(`sandbox-build: docker build failed (${signal ?? `exit ${code}`})`);
-  process.exit(code || 1);
-});
+tsxRequire('../services/worker/src/sandbox-build.ts', import.meta.url);
