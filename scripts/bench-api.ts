@@ -11,6 +11,8 @@
  *      (performance.now()) times both. Jobs go one at a time, each waited for to its end, so
  *      queueing does not pollute.
  * Every Redis key made lives under one random prefix and is removed at the end (SCAN + UNLINK).
+ * With REDIS_URL unset it starts a throwaway Redis container (REDIS_IMAGE, default redis:7) on a free
+ * loopback port, as the test suite does, and removes it at the end.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -27,8 +29,10 @@ import { startApi } from '../services/api/src/api-service';
 import { loadConfig } from '../services/shared/src/config';
 import { createLogger } from '../services/shared/src/logger';
 import { closeRedis, createWorkerRedis } from '../services/shared/src/redis';
+import { createRedisWatcher, redisEndpoint, type RedisWatcher } from '../services/shared/src/redis-watch';
 import { startWorker } from '../services/worker/src/worker-service';
 import { startModelServer } from '../test/support/model-server';
+import { startRedisContainer, type RedisContainer } from '../test/support/redis-container';
 
 const { values: args } = parseArgs({
   options: {
@@ -47,7 +51,8 @@ const ROUNDS = Number(args.rounds);
 const CONNECTIONS = Number(args.connections);
 const JOBS = Number(args.jobs);
 const WARMUP_JOBS = 10;
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+/** The Redis used: REDIS_URL, or the container main() starts when it is unset. */
+let REDIS_URL = process.env.REDIS_URL ?? '';
 const PREFIX = `bench-${randomBytes(4).toString('hex')}`;
 const BODY = JSON.stringify({ task: 'benchmark' });
 const ROOT = resolve(__dirname, '..');
@@ -64,6 +69,14 @@ function pct(samples: number[], p: number): number {
 }
 const median = (samples: number[]): number => pct(samples, 50);
 const fmt = (n: number, digits = 1): string => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
+
+/** Every connection this process opens reports to it: a Redis outage is one line on stderr, not a stream of them. */
+let redisWatcher: RedisWatcher | undefined;
+function watched<T extends Redis>(conn: T, name: string): T {
+  if (redisWatcher) redisWatcher.watch(conn, name);
+  else conn.on('error', () => undefined);
+  return conn;
+}
 
 async function freePort(): Promise<number> {
   const server = createServer();
@@ -208,6 +221,8 @@ async function throughput(redis: Redis): Promise<{ api: LoadResult[]; bare: Load
       PORT: String(apiPort),
       AUTH_MODE: 'none',
       RATE_LIMIT_PER_MINUTE: '0',
+      // No worker runs, so every job stays active: the per-caller cap would turn all but the first 100 POSTs into 429s.
+      CALLER_MAX_ACTIVE_JOBS: '1000000',
       LOG_LEVEL: 'silent',
     }, apiPort);
     const barePort = await freePort();
@@ -271,7 +286,7 @@ async function apiStartLatency(): Promise<StartLatency> {
     OPENAI_BASE_URL: model.openaiBaseUrl,
     OPENAI_API_KEY: 'bench',
   });
-  const reader = createWorkerRedis(REDIS_URL);
+  const reader = watched(createWorkerRedis(REDIS_URL), 'reader');
   let api: Awaited<ReturnType<typeof startApi>> | undefined;
   let worker: Awaited<ReturnType<typeof startWorker>> | undefined;
   // The worker's log is read as it is written: pino writes each line synchronously.
@@ -342,9 +357,12 @@ async function bullmqStartLatency(concurrency: number): Promise<StartLatency> {
   const prefix = `${PREFIX}-bull`;
   // Plain connections, as a bare BullMQ user would make them (the API's own adds auto-pipelining,
   // which batches commands under load but can delay a lone one by a tick).
-  const queueConn = new Redis(REDIS_URL);
-  const workerConn = createWorkerRedis(REDIS_URL);
+  const queueConn = watched(new Redis(REDIS_URL), 'bullmq-queue');
+  const workerConn = watched(createWorkerRedis(REDIS_URL), 'bullmq-worker');
   const queue = new Queue<{ jobId: string }>('jobs', { connection: queueConn, prefix });
+  queue.on('error', (err) => {
+    if (!redisWatcher?.absorb(err, 'queue')) console.error(`bare BullMQ queue: ${err.message}`);
+  });
   const started = new Map<string, number>();
   const worker = new Worker<{ jobId: string }>(
     'jobs',
@@ -353,6 +371,9 @@ async function bullmqStartLatency(concurrency: number): Promise<StartLatency> {
     },
     { connection: workerConn, prefix, concurrency },
   );
+  worker.on('error', (err) => {
+    if (!redisWatcher?.absorb(err, 'worker')) console.error(`bare BullMQ worker: ${err.message}`);
+  });
   try {
     await worker.waitUntilReady();
     const samples: StartLatency = { fromCall: [], fromReturn: [] };
@@ -413,11 +434,42 @@ function throughputReport(api: LoadResult[], bare: LoadResult[]): number {
   return ratio;
 }
 
+/** A Redis container of this run's own when REDIS_URL is unset, as the test suite's global setup starts one. */
+async function ownRedis(): Promise<RedisContainer | undefined> {
+  if (REDIS_URL) return undefined;
+  console.log(`REDIS_URL is unset: starting a throwaway Redis container (${process.env.REDIS_IMAGE ?? 'redis:7'})`);
+  const container = await startRedisContainer({ role: 'bench-redis' });
+  REDIS_URL = container.url;
+  // Interrupted, the run still removes it; the child servers get the signal from the terminal too.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      void container.close().finally(() => process.exit(130));
+    });
+  }
+  return container;
+}
+
 async function main(): Promise<void> {
-  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+  const container = await ownRedis();
+  try {
+    await bench();
+  } finally {
+    if (container) {
+      await container.close();
+      console.log(`removed the Redis container ${container.id.slice(0, 12)}`);
+    }
+  }
+}
+
+async function bench(): Promise<void> {
+  redisWatcher = createRedisWatcher({
+    logger: createLogger({ level: 'info', service: 'bench', destination: { write: (line: string) => void process.stderr.write(line) } }),
+    target: REDIS_URL,
+  });
+  const redis = watched(new Redis(REDIS_URL, { maxRetriesPerRequest: 1 }), 'main');
   const results: string[] = [];
   try {
-    console.log(`Redis ${REDIS_URL}, prefix ${PREFIX}`);
+    console.log(`Redis ${redisEndpoint(REDIS_URL)}, prefix ${PREFIX}`);
     console.log(`\n1. Throughput: ${CONNECTIONS} connections, ${ROUNDS} alternating rounds of ${DURATION_S} s per case after ${WARMUP_S} s warm-up;`);
     console.log('   each server in a child process (node --import tsx), autocannon in this one; no worker runs, jobs stay queued');
     const { api, bare } = await throughput(redis);
@@ -450,8 +502,13 @@ async function main(): Promise<void> {
       results.push(`RESULT start_latency_p50_ratio=n/a (target <= ${TARGET_START_RATIO}) SKIPPED`);
     }
   } finally {
-    const deleted = await deleteKeys(redis, `${PREFIX}*`);
-    console.log(`\ncleanup: ${deleted} Redis keys under ${PREFIX}* removed`);
+    try {
+      const deleted = await deleteKeys(redis, `${PREFIX}*`);
+      console.log(`\ncleanup: ${deleted} Redis keys under ${PREFIX}* removed`);
+    } catch (err) {
+      console.log(`\ncleanup: could not remove the keys under ${PREFIX}* (${(err as Error).message})`);
+    }
+    // Closed whatever happened: a connection left retrying would keep the process alive.
     await closeRedis(redis);
   }
   console.log('');

@@ -33,6 +33,8 @@ let allowedDir = '';
 let allowedFile = '';
 let outsideFile = '';
 let secret = '';
+/** What `docker compose build` printed in beforeAll. */
+let buildOutput = '';
 
 /**
  * The compose CLI sees only the variables this run sets (in its own --env-file, so a developer's
@@ -196,7 +198,7 @@ beforeAll(async () => {
     MAESTRO_PREFIX: PREFIX,
     MAESTRO_IMAGE: 'maestro:e2e',
     SANDBOX_IMAGE: 'maestro-sandbox:e2e',
-    ALLOWED_DIR: allowed,
+    ALLOWED_DIRS: allowed,
     OPENAI_API_KEY: 'sk-e2e-openai',
     ANTHROPIC_API_KEY: 'sk-ant-e2e',
     PROVIDER_MAX_RETRIES: '0',
@@ -214,7 +216,7 @@ beforeAll(async () => {
   apiUrl = `http://127.0.0.1:${apiPort}`;
 
   const started = Date.now();
-  await compose(['build']);
+  buildOutput = await compose(['build']);
   console.log(`e2e: images built in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   await compose(['up', '-d']);
   await waitForHealthy('api', 1);
@@ -232,6 +234,9 @@ afterAll(async () => {
   // stays, and keeps the next run's build quick).
   const images = (await docker(['images', '-q', '--filter', `label=com.docker.compose.project=${PROJECT}`]).catch(() => '')).split('\n').filter(Boolean);
   if (images.length > 0) await docker(['rmi', '-f', ...new Set(images)]).catch((err: unknown) => console.error(err));
+  // The sandbox image is built by the `sandbox` service through the engine, so it has no compose
+  // label: it goes by name (--no-prune keeps its layers, the next run's build cache).
+  if (vars.SANDBOX_IMAGE) await docker(['rmi', '--no-prune', vars.SANDBOX_IMAGE]).catch(() => undefined);
   for (const dir of tempDirs) await rm(dir, { recursive: true, force: true });
   if (envFile) await rm(envFile, { force: true });
   if (allowedDir) await removeAllowedDir(allowedDir);
@@ -311,6 +316,38 @@ describe('docker compose up', () => {
     }
     const sandboxUser = JSON.parse(await docker(['image', 'inspect', vars.SANDBOX_IMAGE as string]))[0].Config.User;
     expect(sandboxUser).toBe('65534:65534');
+  });
+
+  test('docker compose build builds the Maestro image once: its npm ci steps appear as often as in the Dockerfile', async () => {
+    const inDockerfile = (await readFile(join(ROOT, 'Dockerfile'), 'utf8')).match(/^RUN npm ci\b/gm)?.length ?? 0;
+    expect(inDockerfile).toBeGreaterThan(0);
+    // BuildKit's plain progress: one `#<n> [<service> <stage> i/n] RUN …` header per step of each
+    // build, repeated when steps interleave (so counted once per step number). The scripted model
+    // (compose.e2e.yml) is the test's own partial build of the Dockerfile's build stage, not counted.
+    const steps = new Set(buildOutput.match(/^#\d+ \[(?!model )[^\]]*\] RUN npm ci\b.*$/gm) ?? []);
+    expect([...steps]).toHaveLength(inDockerfile);
+  });
+
+  test('sandbox containers carry Maestro\'s labels only: no com.docker.compose label from their image', async () => {
+    // One worker with a pool of one: its warm sandbox exists once the worker is healthy.
+    const sandboxes = await waitFor(async () => {
+      const found = await ourSandboxes();
+      return found.length > 0 ? found : undefined;
+    }, { timeoutMs: 30_000, what: 'a pooled sandbox' });
+    for (const { id } of sandboxes) {
+      const labels = Object.keys(((await inspect(id)).Config.Labels ?? {}) as Record<string, string>);
+      expect(labels).toContain('maestro.role');
+      expect(labels.filter((k) => k.startsWith('com.docker.compose.'))).toEqual([]);
+    }
+    const image = JSON.parse(await docker(['image', 'inspect', vars.SANDBOX_IMAGE as string]))[0].Config.Labels as Record<string, string>;
+    expect(image).toMatchObject({ 'maestro.role': 'sandbox-image', 'maestro.sandbox-context': expect.stringMatching(/^[0-9a-f]{64}$/) });
+  });
+
+  test('docker compose ps -a lists the stack\'s services, one container each, and no sandbox container', async () => {
+    await waitFor(async () => (await ourSandboxes()).length > 0, { timeoutMs: 30_000, what: 'a pooled sandbox' });
+    const services = (await compose(['config', '--services'])).split('\n').filter(Boolean).sort();
+    const listed = (await compose(['ps', '-a', '--format', '{{.Service}}'])).split('\n').filter(Boolean).sort();
+    expect(listed).toEqual(services);
   });
 
   test('an OpenAI job runs its code in a sandbox whose only network interface is loopback', async () => {
@@ -450,7 +487,7 @@ describe('docker compose up with no configuration', () => {
       MAESTRO_PREFIX: prefix,
       MAESTRO_IMAGE: 'maestro:e2e',
       SANDBOX_IMAGE: 'maestro-sandbox:e2e',
-      ALLOWED_DIR: allowedDir,
+      ALLOWED_DIRS: allowedDir,
       OPENAI_API_KEY: 'sk-e2e-openai',
     };
     expect(Object.keys(env)).not.toContain('DOCKER_GID');

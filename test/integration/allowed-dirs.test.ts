@@ -2,7 +2,7 @@
  * ALLOWED_DIRS end to end: the real worker entry point refuses a bad value before it connects to
  * anything, and a mount below an allowed dir stays read-only in real sandboxes under runc and runsc.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -13,32 +13,15 @@ import { SandboxManager } from '../../services/worker/src/sandbox/sandbox-manage
 import type { SandboxRuntime } from '../../services/worker/src/sandbox/types';
 import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
 import { containersWith, docker, TEST_PREFIX, testSandboxSettings } from '../support/docker';
+import { runServiceProcess } from '../support/service-process';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(__dirname, '..', '..');
 const logger = createLogger({ level: 'silent', service: 'allowed-dirs-test' });
 
-/** Starts the worker as `npm start` would (from source), and collects what it printed and its exit code. */
-function startWorkerProcess(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(path.join(ROOT, 'node_modules', '.bin', 'tsx'), ['services/worker/src/main.ts'], {
-      cwd: ROOT,
-      // Nothing listens on port 1: had validation not come first, the worker would hang on Redis.
-      env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:1', LOG_LEVEL: 'info', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+/** The worker from source. Nothing listens on port 1: had validation not come first, it would hang on Redis. */
+const startWorkerProcess = (env: Record<string, string>) =>
+  runServiceProcess('worker', { ...process.env, REDIS_URL: 'redis://127.0.0.1:1', LOG_LEVEL: 'info', ...env });
 
 describe('the worker started with a bad ALLOWED_DIRS', () => {
   test.each([

@@ -16,7 +16,14 @@ export interface RedisContainer {
 }
 
 export async function startRedisContainer(
-  opts: { args?: string[]; role?: string; binds?: string[]; probe?: RedisOptions } = {},
+  opts: {
+    args?: string[];
+    role?: string;
+    binds?: string[];
+    probe?: RedisOptions;
+    /** A fixed loopback port instead of one Docker picks, so a container stopped and started again keeps it. */
+    hostPort?: number;
+  } = {},
 ): Promise<RedisContainer> {
   const image = process.env.REDIS_IMAGE ?? 'redis:7';
   await ensureImage(image);
@@ -24,7 +31,7 @@ export async function startRedisContainer(
     Image: image,
     Cmd: ['redis-server', '--save', '', '--appendonly', 'no', ...(opts.args ?? [])],
     Labels: { [TEST_LABEL]: testRun(), 'maestro.role': opts.role ?? 'test-redis' },
-    HostConfig: { PortBindings: { '6379/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }] }, AutoRemove: false, Binds: opts.binds },
+    HostConfig: { PortBindings: { '6379/tcp': [{ HostIp: '127.0.0.1', HostPort: opts.hostPort ? String(opts.hostPort) : '' }] }, AutoRemove: false, Binds: opts.binds },
     ExposedPorts: { '6379/tcp': {} },
   });
   const close = (): Promise<void> => container.remove({ force: true, v: true }).catch(() => undefined);

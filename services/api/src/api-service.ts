@@ -6,10 +6,11 @@ import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
 import { createJobsQueue } from '../../shared/src/queue';
 import { closeRedis, createApiRedis } from '../../shared/src/redis';
+import { createRedisWatcher } from '../../shared/src/redis-watch';
 import { withTimeout } from '../../shared/src/time';
 import { createApp } from './app';
-import { loadAuthSecret, unsafeAuthConfig } from './auth';
-import { allowedHosts } from './host-check';
+import { apiConfigProblems } from './api-config';
+import { loadAuthSecret } from './auth';
 
 export interface RunningApi {
   /** Base URL the API serves on, e.g. http://127.0.0.1:3000 */
@@ -22,13 +23,14 @@ export interface RunningApi {
 /** Builds and starts the API from validated config: the API's composition root. */
 export async function startApi(config: Config, opts: { logger?: Logger } = {}): Promise<RunningApi> {
   const logger = opts.logger ?? createLogger({ level: config.LOG_LEVEL, service: 'api' });
-  const unsafe = unsafeAuthConfig(config);
-  if (unsafe) throw new ConfigError(unsafe);
-  // A bad ALLOWED_HOSTS entry is a config error too, reported before anything connects.
-  allowedHosts(config);
+  // Every problem at once, before anything connects (main.ts has reported these already; other callers may not have).
+  const problems = apiConfigProblems(config);
+  if (problems.length > 0) throw new ConfigError(problems.join('\n'));
 
+  // One watcher for all of the API's connections: an outage is logged once, not per failed reconnect.
+  const redisWatcher = createRedisWatcher({ logger, target: config });
   const redis = createApiRedis(config);
-  redis.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
+  redisWatcher.watch(redis, 'main');
   // Read before serving: a bare key's caller id, which owns its jobs, must never be derived from a
   // secret other replicas do not share. Only api-key mode has bare keys.
   let authSecret: Buffer | undefined;
@@ -43,11 +45,13 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   // The queue gets a connection of its own: BullMQ loads its many scripts onto whatever connection it
   // is given, and every MULTI on a shared one would copy them (measured: ~8% of the API's CPU).
   const queueRedis = createApiRedis(config);
-  queueRedis.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
+  redisWatcher.watch(queueRedis, 'queue');
   const queue = createJobsQueue(queueRedis, config.MAESTRO_PREFIX);
-  queue.on('error', (err) => logger.warn({ event: 'queue.error', message: err.message }, 'queue error'));
+  queue.on('error', (err) => {
+    if (!redisWatcher.absorb(err, 'queue')) logger.warn({ event: 'queue.error', message: err.message }, 'queue error');
+  });
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
-  const app = createApp({ config, store, queue, redis, logger, authSecret });
+  const app = createApp({ config, store, queue, redis, logger, authSecret, redisWatcher });
 
   // Node would answer an HTTP/1.1 request without Host with a bare 400 of its own; the host check
   // answers it with a problem document instead.

@@ -7,6 +7,7 @@ import type { Config } from '../../shared/src/config';
 import type { JobStore } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
+import type { RedisWatcher } from '../../shared/src/redis-watch';
 import { authenticate } from './auth';
 import { hostCheck } from './host-check';
 import { errorHandler, sendProblem } from './problem';
@@ -23,6 +24,8 @@ export interface AppDeps {
   logger: Logger;
   /** The deployment's caller-id secret (`loadAuthSecret`); api-key mode with bare keys needs it. */
   authSecret?: Buffer;
+  /** The process's Redis watcher, which also follows the connections the app opens (one per event stream). */
+  redisWatcher?: RedisWatcher;
 }
 
 /** Builds the HTTP app from its parts; `main.ts` supplies real ones, tests may supply their own. */
@@ -33,16 +36,20 @@ export function createApp(deps: AppDeps): Express {
   app.set('trust proxy', config.AUTH_MODE === 'proxy' ? config.TRUSTED_PROXIES : false);
   app.set('query parser', 'simple');
   app.use(helmet());
-  // One access-log event per request; never headers (they carry credentials) nor bodies.
+  // One access-log event per request; never headers (they carry credentials) nor bodies. It names
+  // the route's template (`/v1/jobs/:id`); the path only of a request a route matched.
   if (logger.isLevelEnabled('info')) {
     app.use((req, res, next) => {
       const started = process.hrtime.bigint();
+      const matched = trackRoute(req);
       res.on('finish', () => {
+        const route = matched();
         logger.info(
           {
             event: 'http.request',
             method: req.method,
-            path: req.path.slice(0, 200),
+            route: route?.template ?? UNMATCHED_ROUTE,
+            ...(route ? { path: route.path.slice(0, 200) } : {}),
             status: res.statusCode,
             ms: Number(process.hrtime.bigint() - started) / 1e6,
             caller: res.locals.caller as string | undefined,
@@ -92,4 +99,30 @@ export function createApp(deps: AppDeps): Express {
   });
   app.use(errorHandler(logger));
   return app;
+}
+
+/** The access log's `route` for a request no route matched: never its raw path, which may carry anything. */
+export const UNMATCHED_ROUTE = '(unmatched)';
+
+/**
+ * Records the route a request matches, as its template (`/v1/jobs/:id`) and its path, at the moment
+ * the router matches it (the router sets `req.route` then). By the time the response finishes,
+ * `req.path` is relative to the innermost router, and a handler's error has unwound `req.baseUrl`
+ * to the app's level, where the error handler runs.
+ */
+function trackRoute(req: express.Request): () => { template: string; path: string } | undefined {
+  let current: unknown;
+  let matched: { template: string; path: string } | undefined;
+  const join = (base: string, rest: string): string => (rest === '/' && base !== '' ? base : base + rest);
+  Object.defineProperty(req, 'route', {
+    configurable: true,
+    enumerable: true,
+    get: () => current,
+    set(value: unknown) {
+      current = value;
+      const template = (value as { path?: unknown } | undefined)?.path;
+      if (typeof template === 'string') matched = { template: join(req.baseUrl, template), path: join(req.baseUrl, req.path) };
+    },
+  });
+  return () => matched;
 }

@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import type { Request, RequestHandler } from 'express';
 import type { Redis } from 'ioredis';
 import proxyaddr from 'proxy-addr';
-import type { Config } from '../../shared/src/config';
+import { badEntries, type Config } from '../../shared/src/config';
 import type { Logger } from '../../shared/src/logger';
 import { authFailureThrottle, clientAddress } from './auth-throttle';
 import { sendProblem } from './problem';
@@ -21,41 +21,76 @@ export function isLoopbackHost(host: string): boolean {
 /** Shortest API key accepted: 32 characters of hex or base64 are 128 bits or more, beyond guessing. */
 export const MIN_API_KEY_LENGTH = 32;
 
+/** The variables `authConfigProblems` judges. */
+export type AuthSettings = Pick<Config, 'AUTH_MODE' | 'HOST' | 'ALLOW_UNAUTHENTICATED_NON_LOOPBACK' | 'API_KEYS' | 'TRUSTED_PROXIES'>;
+
 /**
  * Refuses configurations that would expose an unauthenticated API beyond this machine, proxy mode
- * with nobody to trust, and API keys short enough to guess. Returns a one-line reason, or null when
- * the configuration is safe. A reason never contains a key.
+ * with nobody (or nothing valid) to trust, and API keys short enough to guess or given twice. One
+ * line per problem, every one of them; empty when the configuration is safe. A line never contains a key.
  */
-export function unsafeAuthConfig(config: Config): string | null {
+export function authConfigProblems(config: AuthSettings): string[] {
   if (config.AUTH_MODE === 'none' && !isLoopbackHost(config.HOST) && !config.ALLOW_UNAUTHENTICATED_NON_LOOPBACK) {
-    return `AUTH_MODE=none refuses to serve on non-loopback HOST ${config.HOST}: set AUTH_MODE=api-key or proxy, or ALLOW_UNAUTHENTICATED_NON_LOOPBACK=true if something in front already authenticates`;
+    return [
+      `AUTH_MODE=none refuses to serve on non-loopback HOST ${config.HOST}: set AUTH_MODE=api-key or proxy, or ALLOW_UNAUTHENTICATED_NON_LOOPBACK=true if something in front already authenticates`,
+    ];
   }
   if (config.AUTH_MODE === 'api-key' && config.API_KEYS.length === 0) {
-    return 'AUTH_MODE=api-key needs API_KEYS (comma-separated keys, or name:key pairs)';
+    return ['AUTH_MODE=api-key needs API_KEYS (comma-separated keys, or name:key pairs)'];
   }
   if (config.AUTH_MODE === 'api-key') return unsafeApiKeys(config.API_KEYS);
   if (config.AUTH_MODE === 'proxy' && config.TRUSTED_PROXIES.length === 0) {
-    return 'AUTH_MODE=proxy needs TRUSTED_PROXIES (addresses or CIDRs of the authenticating proxy)';
+    return ['AUTH_MODE=proxy needs TRUSTED_PROXIES (addresses or CIDRs of the authenticating proxy)'];
   }
-  return null;
+  if (config.AUTH_MODE === 'proxy') return unusableProxies(config.TRUSTED_PROXIES);
+  return [];
 }
 
-function unsafeApiKeys(entries: string[]): string | null {
+/** `authConfigProblems` as one message, or null when the configuration is safe. */
+export function unsafeAuthConfig(config: AuthSettings): string | null {
+  const problems = authConfigProblems(config);
+  return problems.length > 0 ? problems.join('\n') : null;
+}
+
+function unsafeApiKeys(entries: string[]): string[] {
+  const problems: string[] = [];
   const seen = new Map<string, number>();
   for (const [i, entry] of entries.entries()) {
     const { name, key } = splitEntry(entry);
     const which = `entry ${i + 1}${name === null ? '' : ` (${name})`}`;
     if (key.length < MIN_API_KEY_LENGTH) {
-      return `invalid API_KEYS: ${which} has a key shorter than ${MIN_API_KEY_LENGTH} characters; use a random one, e.g. the output of "openssl rand -hex 32"`;
+      problems.push(
+        `invalid API_KEYS: ${which} has a key shorter than ${MIN_API_KEY_LENGTH} characters; use a random one, e.g. the output of "openssl rand -hex 32"`,
+      );
+      continue;
     }
     // The same key under two entries would make its caller depend on the order of the list. Two keys
     // under one name stay allowed: that is how a caller's key is rotated without losing its jobs.
     const id = digest(key).toString('hex');
     const first = seen.get(id);
-    if (first !== undefined) return `invalid API_KEYS: entries ${first + 1} and ${i + 1} have the same key; give each entry a key of its own`;
+    if (first !== undefined) {
+      problems.push(`invalid API_KEYS: entries ${first + 1} and ${i + 1} have the same key; give each entry a key of its own`);
+      continue;
+    }
     seen.set(id, i);
   }
-  return null;
+  return problems;
+}
+
+/** TRUSTED_PROXIES entries that proxy-addr would refuse when the app is built, by position. */
+function unusableProxies(entries: string[]): string[] {
+  const bad: number[] = [];
+  for (const [i, entry] of entries.entries()) {
+    try {
+      proxyaddr.compile(entry);
+    } catch {
+      bad.push(i + 1);
+    }
+  }
+  if (bad.length === 0) return [];
+  return [
+    `invalid TRUSTED_PROXIES: ${badEntries(bad, 'is not an IP address or CIDR range', 'are not IP addresses or CIDR ranges')}, nor loopback, linklocal or uniquelocal`,
+  ];
 }
 
 function splitEntry(entry: string): { name: string | null; key: string } {

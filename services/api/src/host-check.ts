@@ -10,7 +10,7 @@
  */
 import { isIP } from 'node:net';
 import type { Request, RequestHandler } from 'express';
-import { ConfigError, type Config } from '../../shared/src/config';
+import { badEntries, ConfigError, type Config } from '../../shared/src/config';
 import { sendProblem } from './problem';
 
 /** A host name or IP literal (IPv6 in brackets), lower-case and without a trailing dot, and a port when one was given. */
@@ -80,21 +80,27 @@ export function hostMatches(entry: HostPort, actual: HostPort): boolean {
   return entry.host === actual.host && (entry.port === null || entry.port === actual.port);
 }
 
+/** The line naming every malformed ALLOWED_HOSTS entry by its position (not its text), or null. */
+export function allowedHostsProblem(config: Pick<Config, 'ALLOWED_HOSTS'>): string | null {
+  const bad = config.ALLOWED_HOSTS.flatMap((entry, i) => (parseHostEntry(entry) ? [] : [i + 1]));
+  if (bad.length === 0) return null;
+  const what = badEntries(
+    bad,
+    'is not a host name or IP address with an optional :port',
+    'are not host names or IP addresses with an optional :port',
+  );
+  return `invalid ALLOWED_HOSTS: ${what} (IPv6 in brackets)`;
+}
+
 /**
  * The Host values the API answers to, or null when any will do. With AUTH_MODE=none the list is
  * always enforced, since nothing else stops a rebound page; with authentication on, only when
  * ALLOWED_HOSTS is set. Throws a ConfigError naming a malformed entry.
  */
 export function allowedHosts(config: Pick<Config, 'AUTH_MODE' | 'ALLOWED_HOSTS' | 'HOST'>): HostPort[] | null {
-  const listed = config.ALLOWED_HOSTS.map((entry, i) => {
-    const parsed = parseHostEntry(entry);
-    if (!parsed) {
-      throw new ConfigError(
-        `invalid ALLOWED_HOSTS: entry ${i + 1} is not a host name or IP address with an optional :port (IPv6 in brackets)`,
-      );
-    }
-    return parsed;
-  });
+  const problem = allowedHostsProblem(config);
+  if (problem) throw new ConfigError(problem);
+  const listed = config.ALLOWED_HOSTS.map((entry) => parseHostEntry(entry) as HostPort);
   if (config.AUTH_MODE !== 'none' && listed.length === 0) return null;
   // Loopback names stay allowed even when ALLOWED_HOSTS is set: compose's healthcheck and local tools
   // reach the API as 127.0.0.1, and allowing them opens nothing, because a page can make a browser

@@ -1,8 +1,9 @@
-import { ConfigError, loadConfig } from '../../shared/src/config';
+import { ConfigError } from '../../shared/src/config';
+import { loadApiConfig } from './api-config';
 import { startApi } from './api-service';
 
 async function main(): Promise<void> {
-  const api = await startApi(loadConfig(process.env));
+  const api = await startApi(loadApiConfig(process.env));
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {
       // A stuck close must not keep the process alive past a supervisor's patience.

@@ -223,6 +223,16 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
 
 const escape = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
+/**
+ * A description's markup as HTML: escaped first, so nothing in the text becomes markup of its own;
+ * then `code` spans become <code> (their text taken literally) and **bold** spans <strong>, neither
+ * across lines.
+ */
+export const renderInline = (s: string): string =>
+  escape(s).replace(/`([^`\n]+)`|\*\*([^*\n]+)\*\*/g, (_span, code: string | undefined, bold: string | undefined) =>
+    code !== undefined ? `<code>${code}</code>` : `<strong>${(bold as string).replace(/`([^`]+)`/g, '<code>$1</code>')}</strong>`,
+  );
+
 /** A plain HTML rendering of the document: no scripts, so the strict default CSP holds. */
 export function renderDocsPage(doc: Record<string, unknown>): string {
   const paths = doc.paths as Record<string, Record<string, { summary?: string; description?: string; parameters?: { name: string; in: string }[]; responses: Record<string, { description: string }> }>>;
@@ -231,10 +241,10 @@ export function renderDocsPage(doc: Record<string, unknown>): string {
       Object.entries(ops).map(([method, op]) => {
         const params = (op.parameters ?? []).map((p) => `<code>${escape(p.name)}</code> (${escape(p.in)})`).join(', ');
         const responses = Object.entries(op.responses)
-          .map(([code, r]) => `<li><code>${escape(code)}</code> ${escape(r.description)}</li>`)
+          .map(([code, r]) => `<li><code>${escape(code)}</code> ${renderInline(r.description)}</li>`)
           .join('');
-        return `<section><h2><code>${method.toUpperCase()} ${escape(path)}</code></h2><p>${escape(op.summary ?? '')}</p>${
-          op.description ? `<p>${escape(op.description)}</p>` : ''
+        return `<section><h2><code>${method.toUpperCase()} ${escape(path)}</code></h2><p>${renderInline(op.summary ?? '')}</p>${
+          op.description ? `<p>${renderInline(op.description)}</p>` : ''
         }${params ? `<p>Parameters: ${params}</p>` : ''}<ul>${responses}</ul></section>`;
       }),
     )

@@ -1,7 +1,15 @@
 import { isAbsolute } from 'node:path';
 import { z } from 'zod';
 
-const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+/** A whole number in [min, max]; whatever is wrong with a value, the line says what is expected. */
+const int = (min: number, max: number) => {
+  const error = `must be a whole number from ${min} to ${max}`;
+  return z.coerce.number({ error }).int({ error }).min(min, { error }).max(max, { error });
+};
+const decimal = (min: number, max: number) => {
+  const error = `must be a number from ${min} to ${max}`;
+  return z.coerce.number({ error }).min(min, { error }).max(max, { error });
+};
 const optionalString = z
   .string()
   .optional()
@@ -51,7 +59,7 @@ export const configSchema = z.object({
   SANDBOX_RUNTIME: z.enum(['runc', 'runsc']).default('runc'),
   SANDBOX_TIMEOUT_MS: int(100, 600_000).default(30_000),
   SANDBOX_MEMORY_MB: int(32, 65_536).default(512),
-  SANDBOX_CPUS: z.coerce.number().min(0.05).max(64).default(1),
+  SANDBOX_CPUS: decimal(0.05, 64).default(1),
   SANDBOX_PIDS: int(8, 4096).default(128),
   SANDBOX_POOL_SIZE: int(0, 64).default(2),
   SANDBOX_TMP_MB: int(1, 4096).default(64),
@@ -101,18 +109,92 @@ export class ConfigError extends Error {
   override readonly name = 'ConfigError';
 }
 
+/** Which entries of a list variable are wrong: "entry 2 is <singular>", "entries 2, 3 and 5 are <plural>" (1-based). */
+export function badEntries(positions: readonly number[], singular: string, plural: string): string {
+  if (positions.length === 1) return `entry ${positions[0]} ${singular}`;
+  return `entries ${positions.slice(0, -1).join(', ')} and ${positions[positions.length - 1]} ${plural}`;
+}
+
+/** The environment as the schema sees it: an empty variable means "unset" (compose passes `${VAR:-}` through as ''). */
+function presentIn(env: NodeJS.ProcessEnv): Record<string, string> {
+  const present: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) if (value !== undefined && value.trim() !== '') present[name] = value;
+  return present;
+}
+
+/** The environment checked variable by variable: whatever parsed, and a line for each value that did not. */
+export interface ParsedEnv {
+  /** Every variable that parsed (an unset optional one is there, as undefined); none of those in `failed`. */
+  values: Partial<Config>;
+  /** Variables whose value the schema refused; each has at least one line in `problems`. */
+  failed: ReadonlySet<keyof Config>;
+  /** One `invalid NAME: why` line per problem, never the value (it may be a key). */
+  problems: string[];
+}
+
+/** Parses the environment without throwing, so that checks across variables can still judge the ones that parsed. */
+export function parseEnv(env: NodeJS.ProcessEnv): ParsedEnv {
+  const present = presentIn(env);
+  const whole = configSchema.safeParse(present);
+  if (whole.success) return { values: whole.data, failed: new Set(), problems: [] };
+  const failed = new Set<keyof Config>();
+  const problems: string[] = [];
+  for (const issue of whole.error.issues) {
+    const name = String(issue.path[0] ?? 'environment');
+    if (name in configSchema.shape) failed.add(name as keyof Config);
+    const line = `invalid ${name}: ${issue.message}`;
+    if (!problems.includes(line)) problems.push(line);
+  }
+  // The rest, one by one: what a check across variables may rely on.
+  const values: Record<string, unknown> = {};
+  for (const [name, schema] of Object.entries(configSchema.shape)) {
+    if (failed.has(name as keyof Config)) continue;
+    const one = schema.safeParse(present[name]);
+    if (one.success) values[name] = one.data;
+  }
+  return { values: values as Partial<Config>, failed, problems };
+}
+
+/**
+ * A rule about what one variable cannot say alone (AUTH_MODE=api-key needs API_KEYS) or beyond its
+ * syntax (a file that must be readable). It runs only when every variable it reads parsed: a bad one
+ * is reported already, and judging its default instead would report what nobody wrote.
+ */
+export interface ConfigCheck {
+  readonly reads: readonly (keyof Config)[];
+  /** One line per problem: `invalid NAME: why`, or a sentence naming the variables; never a secret value. */
+  problems(config: Config): string[];
+}
+
+/** A ConfigCheck whose rule sees only the variables it declares it reads. */
+export function configCheck<K extends keyof Config>(reads: readonly K[], problems: (config: Pick<Config, K>) => string[]): ConfigCheck {
+  return { reads, problems };
+}
+
+/** The problems the checks find in whatever parsed; a check reading a variable that did not parse is skipped. */
+export function checkConfig(parsed: Pick<ParsedEnv, 'values' | 'failed'>, checks: readonly ConfigCheck[]): string[] {
+  const problems: string[] = [];
+  for (const check of checks) {
+    if (check.reads.some((name) => parsed.failed.has(name))) continue;
+    for (const line of check.problems(parsed.values as Config)) if (!problems.includes(line)) problems.push(line);
+  }
+  return problems;
+}
+
+/** Every problem of a config that parsed, for start-up paths given a Config rather than an environment. */
+export function configProblems(config: Config, checks: readonly ConfigCheck[]): string[] {
+  return checkConfig({ values: config, failed: new Set() }, checks);
+}
+
 /**
  * Validates the environment once, at start-up. A bad value throws a ConfigError whose message is one
- * line per offending variable, naming it and what was expected (never echoing the value: it may be a key).
+ * line per problem, naming the variable and what was expected (never echoing the value: it may be a
+ * key): every schema error, then whatever `checks` (a service's rules across variables) find in the
+ * variables that parsed, so that one start shows every mistake, not one per restart.
  */
-export function loadConfig(env: NodeJS.ProcessEnv): Config {
-  // An empty variable means "unset": compose files pass `${VAR:-}` through as ''.
-  const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
-  const result = configSchema.safeParse(present);
-  if (result.success) return result.data;
-  const lines = result.error.issues.map((issue) => {
-    const name = String(issue.path[0] ?? 'environment');
-    return `invalid ${name}: ${issue.message}`;
-  });
-  throw new ConfigError(lines.join('\n'));
+export function loadConfig(env: NodeJS.ProcessEnv, checks: readonly ConfigCheck[] = []): Config {
+  const parsed = parseEnv(env);
+  const problems = [...parsed.problems, ...checkConfig(parsed, checks)];
+  if (problems.length > 0) throw new ConfigError(problems.join('\n'));
+  return parsed.values as Config;
 }

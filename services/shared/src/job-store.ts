@@ -284,16 +284,21 @@ export class JobStore {
     return toView(id, hash, steps, artifacts);
   }
 
-  /** The caller's jobs, newest first (ids sort by creation time). `cursor` is the last id of the previous page. */
+  /**
+   * The caller's jobs, newest first (ids sort by creation time). `cursor` is the last id of the
+   * previous page. `nextCursor` is null on the last page: a full page looks one job further, so a
+   * caller with exactly `limit` jobs left gets them and null, never a cursor to an empty page.
+   */
   async list(
     caller: string,
     opts: { limit: number; cursor?: string; status?: JobStatus },
   ): Promise<{ jobs: JobView[]; nextCursor: string | null }> {
     const jobs: JobView[] = [];
     let from = opts.cursor ? `(${opts.cursor}` : '+';
-    const batch = Math.max(opts.limit, 50);
-    // With a status filter, scanning is bounded so that one request cannot walk an unbounded history.
-    for (let scanned = 0; jobs.length < opts.limit && scanned < 2000; ) {
+    const batch = Math.max(opts.limit + 1, 50);
+    // With a status filter, scanning is bounded so that one request cannot walk an unbounded history;
+    // when the bound stops it, the cursor is the last id scanned, so the next page goes on from there.
+    for (let scanned = 0; scanned < 2000; ) {
       const ids = await this.redis.zrange(this.callerKey(caller), from, '-', 'BYLEX', 'REV', 'LIMIT', 0, batch);
       if (ids.length === 0) return { jobs, nextCursor: null };
       scanned += ids.length;
@@ -301,20 +306,24 @@ export class JobStore {
       for (const id of ids) pipeline.hgetall(this.key(id));
       const hashes = (await pipeline.exec()) ?? [];
       const gone: string[] = [];
+      let more = false;
       for (let i = 0; i < ids.length; i++) {
         const id = ids[i] as string;
         const hash = hashes[i]?.[1] as Record<string, string> | undefined;
-        from = `(${id}`;
         if (!hash?.spec) {
           gone.push(id); // expired after its retention time
-          continue;
+        } else if (!opts.status || hash.status === opts.status) {
+          if (jobs.length === opts.limit) {
+            more = true; // the look-ahead: a job past this page exists
+            break;
+          }
+          jobs.push(toView(id, hash, [], []));
         }
-        if (opts.status && hash.status !== opts.status) continue;
-        jobs.push(toView(id, hash, [], []));
-        if (jobs.length === opts.limit) break;
+        from = `(${id}`;
       }
       if (gone.length > 0) await this.redis.zrem(this.callerKey(caller), ...gone);
-      if (ids.length < batch && jobs.length < opts.limit) return { jobs, nextCursor: null };
+      if (more) return { jobs, nextCursor: (jobs.at(-1) as JobView).id };
+      if (ids.length < batch) return { jobs, nextCursor: null };
     }
     return { jobs, nextCursor: from.slice(1) };
   }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Redis, type RedisOptions } from 'ioredis';
-import { ConfigError, type Config } from './config';
+import { ConfigError, configCheck, type Config, type ConfigCheck } from './config';
 
 /** Where Redis is and how to log in: the URL, and the files that can complete it. */
 export type RedisTarget = Pick<Config, 'REDIS_URL' | 'REDIS_PASSWORD_FILE' | 'REDIS_TLS_CA_FILE'>;
@@ -33,6 +33,26 @@ function readSecretFile(variable: string, file: string): string {
     throw new ConfigError(`invalid ${variable}: cannot read the file (${code})`);
   }
 }
+
+/**
+ * What `redisTargetOptions` would refuse, every problem at once: the files are read as the process
+ * that will connect reads them, so run this after any change of user.
+ */
+export const redisConfigCheck: ConfigCheck = configCheck(['REDIS_URL', 'REDIS_PASSWORD_FILE', 'REDIS_TLS_CA_FILE'], (target) => {
+  const problems: string[] = [];
+  const attempt = (read: () => unknown): void => {
+    try {
+      read();
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      problems.push(err.message);
+    }
+  };
+  // One file at a time, so a problem with the first does not hide one with the second.
+  attempt(() => redisTargetOptions({ ...target, REDIS_TLS_CA_FILE: undefined }));
+  attempt(() => redisTargetOptions({ ...target, REDIS_PASSWORD_FILE: undefined }));
+  return problems;
+});
 
 /**
  * A connection for BullMQ workers and blocking commands: BullMQ requires `maxRetriesPerRequest: null`

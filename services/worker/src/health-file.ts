@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Config } from '../../shared/src/config';
 import { workerHeartbeatKey } from '../../shared/src/queue';
 import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
+import type { RedisWatcher } from '../../shared/src/redis-watch';
 import { dockerClient } from './sandbox/docker-client';
 
 /** The file a container health check reads: fresh means healthy (docker-compose.yml checks its age). */
@@ -17,10 +18,17 @@ const CHECK_EVERY_MS = 10_000;
  * mere "process is up" would not show) and the Docker engine answers. A stuck or cut-off worker stops
  * rewriting it, and the file goes stale.
  */
-export function startHealthFile(config: Config, workerId: string, path = WORKER_HEALTH_FILE): { close(): Promise<void> } {
+export function startHealthFile(
+  config: Config,
+  workerId: string,
+  path = WORKER_HEALTH_FILE,
+  opts: { redisWatcher?: RedisWatcher } = {},
+): { close(): Promise<void> } {
   // Own connections, so a check never queues behind the worker's blocking BullMQ commands.
   const redis = createWorkerRedis(config, { maxRetriesPerRequest: 1 });
-  redis.on('error', () => undefined); // a stale file is the report; the worker logs Redis trouble itself
+  // A stale file is the report; an outage is logged once, by the worker's watcher.
+  if (opts.redisWatcher) opts.redisWatcher.watch(redis, 'health');
+  else redis.on('error', () => undefined);
   const docker = dockerClient(config.DOCKER_HOST);
 
   const check = async (): Promise<void> => {

@@ -1,14 +1,19 @@
-import { ConfigError, loadConfig } from '../../shared/src/config';
+import { ConfigError, parseEnv } from '../../shared/src/config';
 import { startHealthFile } from './health-file';
 import { dropRoot } from './privileges';
+import { dockerHostProblem, loadWorkerConfig } from './worker-config';
 import { startWorker } from './worker-service';
 
 async function main(): Promise<void> {
-  const config = loadConfig(process.env);
-  // Before anything is read or connected: from here on the worker is uid 1000 (compose starts it as root).
-  dropRoot(config.DOCKER_HOST);
+  const parsed = parseEnv(process.env);
+  // Before anything is read or connected: from here on the worker is uid 1000 (compose starts it as
+  // root). A DOCKER_HOST that names no socket is reported below; until then the default one counts.
+  const dockerHost = parsed.values.DOCKER_HOST;
+  dropRoot(dockerHostProblem(dockerHost) === null ? dockerHost : undefined);
+  // Every configuration problem in one message, the files judged as the worker will read them.
+  const { config } = await loadWorkerConfig(parsed);
   const worker = await startWorker(config);
-  const health = startHealthFile(config, worker.workerId);
+  const health = startHealthFile(config, worker.workerId, undefined, { redisWatcher: worker.redisWatcher });
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {
       void Promise.all([health.close(), worker.close()]).then(() => process.exit(0));

@@ -1,9 +1,8 @@
 import { hostname } from 'node:os';
-import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { Config } from '../../shared/src/config';
+import { ConfigError, type Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
 import {
@@ -16,9 +15,11 @@ import {
   type QueuedJobData,
 } from '../../shared/src/queue';
 import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
+import { createRedisWatcher, type RedisWatcher } from '../../shared/src/redis-watch';
 import { validateAllowedDirs } from './allowed-dirs';
+import { CODE_DIR } from './worker-config';
 import { JobProcessor, WorkerShuttingDown } from './job-processor';
-import { createProvider } from './providers';
+import { configuredProviders, createProvider, type ProvidersConfig } from './providers';
 import type { ModelProvider } from './providers/model-provider';
 import { OUTPUT_DIR } from './sandbox/container-spec';
 import { dockerClient } from './sandbox/docker-client';
@@ -30,9 +31,6 @@ const HEARTBEAT_TTL_S = 15;
 const HEARTBEAT_EVERY_MS = 5000;
 /** How long past the longest job a sandbox may live, and an assignment record outlive its deadline. */
 const ASSIGNMENT_MARGIN_MS = 10 * 60_000;
-const ABOVE_SERVICES = path.resolve(__dirname, '../../..');
-/** The project root, which no allowed dir may expose: above services/, or above dist/ once compiled. */
-const CODE_DIR = path.basename(ABOVE_SERVICES) === 'dist' ? path.dirname(ABOVE_SERVICES) : ABOVE_SERVICES;
 
 
 /**
@@ -49,6 +47,8 @@ async function deploymentIdOf(redis: Redis, prefix: string): Promise<string> {
 
 export interface RunningWorker {
   workerId: string;
+  /** The worker's Redis watcher, for other connections of its process to report to (the health file's). */
+  redisWatcher: RedisWatcher;
   /** Graceful stop: running jobs get the grace period, then are handed back. Idempotent. */
   close(): Promise<void>;
 }
@@ -64,15 +64,31 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
 
   const redis = createWorkerRedis(config);
   const subscriber = createWorkerRedis(config);
-  for (const conn of [redis, subscriber]) {
-    conn.on('error', (err) => logger.warn({ event: 'redis.error', message: err.message }, 'redis error'));
-  }
+  // One watcher for all of the worker's connections, BullMQ's included: an outage is logged once,
+  // not per failed reconnect of each.
+  const redisWatcher = createRedisWatcher({ logger, target: config });
+  redisWatcher.watch(redis, 'main');
+  redisWatcher.watch(subscriber, 'subscriber');
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
   const deploymentId = await deploymentIdOf(redis, config.MAESTRO_PREFIX);
   const docker = dockerClient(config.DOCKER_HOST);
   await docker.ping().catch((err: unknown) => {
     throw new Error(`the Docker engine is unreachable (${(err as Error).message})`);
   });
+  // Every sandbox runs this image and nothing here builds it: without it, no job could run.
+  const imagePresent = await docker.getImage(config.SANDBOX_IMAGE).inspect().then(
+    () => true,
+    (err: { statusCode?: number; message: string }) => {
+      if (err.statusCode === 404) return false;
+      throw new Error(`cannot inspect the sandbox image ${config.SANDBOX_IMAGE} (${err.message})`);
+    },
+  );
+  if (!imagePresent) {
+    await Promise.all([closeRedis(subscriber), closeRedis(redis)]);
+    throw new ConfigError(
+      `the sandbox image ${config.SANDBOX_IMAGE} (SANDBOX_IMAGE) does not exist: build it with \`npm run sandbox:build\`, or start the stack with \`docker compose up\`, which builds it`,
+    );
+  }
 
   const sandboxes = new SandboxManager({
     docker,
@@ -127,18 +143,19 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
   const reaperTimer = setInterval(sweep, config.REAPER_INTERVAL_MS);
   await sandboxes.start();
 
+  const providersConfig: ProvidersConfig = {
+    openai: { apiKey: config.OPENAI_API_KEY, baseURL: config.OPENAI_BASE_URL },
+    anthropic: { apiKey: config.ANTHROPIC_API_KEY, baseURL: config.ANTHROPIC_BASE_URL },
+    maxRetries: config.PROVIDER_MAX_RETRIES,
+    timeoutMs: config.PROVIDER_TIMEOUT_MS,
+  };
   const providers = new Map<string, ModelProvider>();
   const processor = new JobProcessor({
     store,
     providerFor: (name) => {
       let provider = providers.get(name);
       if (!provider) {
-        provider = createProvider(name, {
-          openai: { apiKey: config.OPENAI_API_KEY, baseURL: config.OPENAI_BASE_URL },
-          anthropic: { apiKey: config.ANTHROPIC_API_KEY, baseURL: config.ANTHROPIC_BASE_URL },
-          maxRetries: config.PROVIDER_MAX_RETRIES,
-          timeoutMs: config.PROVIDER_TIMEOUT_MS,
-        });
+        provider = createProvider(name, providersConfig);
         providers.set(name, provider);
       }
       return provider;
@@ -164,7 +181,10 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
     // A job whose worker died is taken over twice before it is declared lost.
     maxStalledCount: 2,
   }));
-  worker.on('error', (err) => logger.warn({ event: 'worker.error', message: err.message }, 'worker error'));
+  worker.on('error', (err) => {
+    // BullMQ relays its connections' errors here too: those are the watcher's.
+    if (!redisWatcher.absorb(err, 'worker')) logger.warn({ event: 'worker.error', message: err.message }, 'worker error');
+  });
   const lateVerdicts = new Set<Promise<void>>();
   worker.on('failed', (job, err) => {
     // BullMQ sets finishedOn only when it gives a job up for good. Most such jobs already carry the
@@ -193,6 +213,12 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
       'sandboxes run under runc, sharing the host kernel with code from authenticated callers; set SANDBOX_RUNTIME=runsc (gVisor) unless every caller is trusted',
     );
   }
+  if (configuredProviders(providersConfig).length === 0) {
+    logger.warn(
+      { event: 'worker.no_provider', variables: ['OPENAI_API_KEY', 'OPENAI_BASE_URL', 'ANTHROPIC_API_KEY', 'ANTHROPIC_BASE_URL'] },
+      'no model provider is configured: every job will fail with provider_not_configured; set OPENAI_API_KEY (or OPENAI_BASE_URL for a local OpenAI-compatible server) or ANTHROPIC_API_KEY (ANTHROPIC_BASE_URL optional) in the worker\'s environment',
+    );
+  }
   logger.info({ event: 'worker.started', concurrency: config.WORKER_CONCURRENCY, runtime: config.SANDBOX_RUNTIME, pool: config.SANDBOX_POOL_SIZE }, 'worker started');
 
   let closing: Promise<void> | null = null;
@@ -213,6 +239,7 @@ export async function startWorker(config: Config, opts: { logger?: Logger } = {}
   };
   return {
     workerId,
+    redisWatcher,
     close: () => (closing ??= shutdown()),
   };
 }

@@ -5,6 +5,7 @@ import { AppError, NotFoundError, ValidationError } from '../../../shared/src/er
 import { TERMINAL_STATUSES, type JobStatus } from '../../../shared/src/job-schema';
 import type { JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
+import type { RedisWatcher } from '../../../shared/src/redis-watch';
 import { sendProblem } from '../problem';
 
 const STREAM_ID = /^\d{1,20}-\d{1,20}$/;
@@ -45,6 +46,8 @@ export interface JobEventsDeps {
   store: JobStore;
   redis: Redis;
   logger: Logger;
+  /** The process's Redis watcher: each stream's connection reports its outages there, not per stream. */
+  redisWatcher?: RedisWatcher;
   /** How long a quiet stream waits before sending a heartbeat comment. */
   heartbeatMs: number;
   jobIdParam(req: Parameters<RequestHandler>[0]): string;
@@ -127,8 +130,15 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
 
     // XREAD BLOCK holds its connection, so each stream gets its own, closed when the client leaves.
     const conn = redis.duplicate({ maxRetriesPerRequest: null, enableAutoPipelining: false });
-    conn.on('error', () => undefined);
-    whenGone(() => conn.disconnect());
+    // Unwatched before it is dropped: disconnected while waiting to reconnect, it never emits 'end'.
+    let unwatch = (): void => undefined;
+    if (deps.redisWatcher) unwatch = deps.redisWatcher.watch(conn, 'events');
+    else conn.on('error', () => undefined);
+    const drop = (): void => {
+      unwatch();
+      conn.disconnect();
+    };
+    whenGone(drop);
     let cursor = lastEventId ?? '0-0';
     let renewedAt = Date.now();
     try {
@@ -154,7 +164,7 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
     } catch (err) {
       if (!gone) logger.warn({ event: 'sse.failed', jobId: id, message: (err as Error).message }, 'event stream failed');
     } finally {
-      conn.disconnect();
+      drop();
       res.end();
     }
   };

@@ -13,6 +13,7 @@ import { parseOrThrow } from '../../../shared/src/validation';
 import { sendProblem } from '../problem';
 import { jobEventsHandler } from './job-events';
 import type { Redis } from 'ioredis';
+import type { RedisWatcher } from '../../../shared/src/redis-watch';
 
 export interface JobsRouterDeps {
   config: Config;
@@ -20,6 +21,8 @@ export interface JobsRouterDeps {
   queue: Queue<QueuedJobData>;
   redis: Redis;
   logger: Logger;
+  /** Follows each event stream's own Redis connection (see job-events.ts). */
+  redisWatcher?: RedisWatcher;
 }
 
 export const listQuerySchema = z.strictObject({
@@ -179,6 +182,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       store,
       redis,
       logger,
+      redisWatcher: deps.redisWatcher,
       heartbeatMs: config.SSE_HEARTBEAT_MS,
       jobIdParam,
       prefix: config.MAESTRO_PREFIX,

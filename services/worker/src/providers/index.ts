@@ -27,12 +27,26 @@ const KEY_VARIABLE: Record<ProviderName, string> = { openai: 'OPENAI_API_KEY', a
  */
 const PLACEHOLDER_OPENAI_KEY = 'not-needed';
 
-/** Builds the provider a job asks for, or fails with `provider_not_configured` when it has no key. */
-export function createProvider(name: ProviderName, cfg: ProvidersConfig): ModelProvider {
+/** The key a provider's client is built with: its own, the keyless stand-in, or none (not configured). */
+function apiKeyOf(name: ProviderName, cfg: ProvidersConfig): string | undefined {
   const endpoint = cfg[name] ?? {};
   const given = endpoint.apiKey === undefined || endpoint.apiKey === '' ? undefined : endpoint.apiKey;
   // Anthropic has no keyless compatible servers worth supporting, so only OpenAI gets the stand-in.
-  const apiKey = given ?? (name === 'openai' && endpoint.baseURL !== undefined ? PLACEHOLDER_OPENAI_KEY : undefined);
+  return given ?? (name === 'openai' && endpoint.baseURL !== undefined ? PLACEHOLDER_OPENAI_KEY : undefined);
+}
+
+/**
+ * The providers a job could use, by the same rule createProvider applies: OpenAI with OPENAI_API_KEY
+ * or an OPENAI_BASE_URL (a keyless compatible server), Anthropic with ANTHROPIC_API_KEY.
+ */
+export function configuredProviders(cfg: ProvidersConfig): ProviderName[] {
+  return (['openai', 'anthropic'] as const).filter((name) => apiKeyOf(name, cfg) !== undefined);
+}
+
+/** Builds the provider a job asks for, or fails with `provider_not_configured` when it has no key. */
+export function createProvider(name: ProviderName, cfg: ProvidersConfig): ModelProvider {
+  const endpoint = cfg[name] ?? {};
+  const apiKey = apiKeyOf(name, cfg);
   if (apiKey === undefined) {
     throw new ProviderError({
       code: 'provider_not_configured',
