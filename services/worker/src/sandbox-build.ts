@@ -11,10 +11,9 @@ import path from 'node:path';
 import { dropRoot } from './privileges';
 import { dockerClient } from './sandbox/docker-client';
 import { buildSandboxImage } from './sandbox/image-build';
+// The project root (/app in the Maestro image), which holds sandbox-image/.
+import { CODE_DIR as ROOT } from './worker-config';
 
-const ABOVE_SERVICES = path.resolve(__dirname, '../../..');
-/** The project root: above services/, or above dist/ once compiled (/app in the Maestro image). */
-const ROOT = path.basename(ABOVE_SERVICES) === 'dist' ? path.dirname(ABOVE_SERVICES) : ABOVE_SERVICES;
 
 function setting(name: string): string | undefined {
   const value = process.env[name]?.trim();
