@@ -18,7 +18,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
@@ -32,6 +31,7 @@ import { closeRedis, createWorkerRedis } from '../services/shared/src/redis';
 import { createRedisWatcher, redisEndpoint, type RedisWatcher } from '../services/shared/src/redis-watch';
 import { startWorker } from '../services/worker/src/worker-service';
 import { startModelServer } from '../test/support/model-server';
+import { freePort } from '../test/support/ports';
 import { startRedisContainer, type RedisContainer } from '../test/support/redis-container';
 
 const { values: args } = parseArgs({
@@ -78,15 +78,6 @@ function watched<T extends Redis>(conn: T, name: string): T {
   return conn;
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 /** CPU seconds (user + system, all threads) a process has used so far; Linux only, NaN elsewhere. */
 function processCpuSeconds(pid: number | undefined): number {

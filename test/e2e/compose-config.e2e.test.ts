@@ -5,15 +5,14 @@
  * `docker compose logs api` shows the same lines afterwards. Runs docker-compose.yml under a project
  * name, key prefix, loopback port and --env-file of its own; afterAll takes it down with its volumes.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
+import { freePort } from '../support/ports';
+import { composeEnv, dockerCli } from './compose-cli';
 
-const run = promisify(execFile);
 const ROOT = resolve(__dirname, '..', '..');
 const RUN_ID = randomBytes(4).toString('hex');
 const PROJECT = `maestro-e2e-config-${RUN_ID}`;
@@ -32,37 +31,15 @@ let dir = '';
 let envFile = '';
 let foreground: ChildProcess | undefined;
 
-/** Only what this run sets, in its own --env-file, plus what the CLI and CI's base-image stand-ins need. */
-function composeEnv(): NodeJS.ProcessEnv {
-  const pass = ['PATH', 'HOME', 'DOCKER_HOST', 'DOCKER_CONFIG', 'NODE_IMAGE', 'DEBIAN_IMAGE', 'REDIS_IMAGE'];
-  return Object.fromEntries(pass.filter((k) => process.env[k]).map((k) => [k, process.env[k]]));
-}
-
 function composeArgs(args: string[]): string[] {
   return ['compose', '-p', PROJECT, '--env-file', envFile, '-f', 'docker-compose.yml', ...args];
 }
 
 async function compose(args: string[]): Promise<string> {
-  try {
-    const { stdout } = await run('docker', composeArgs(args), { cwd: ROOT, env: composeEnv(), maxBuffer: 64 * 1024 * 1024 });
-    return stdout;
-  } catch (err) {
-    const e = err as Error & { stderr?: string };
-    throw new Error(`docker compose ${args.join(' ')} failed: ${e.stderr?.slice(-4000) ?? e.message}`);
-  }
+  return dockerCli(composeArgs(args));
 }
 
-async function docker(args: string[]): Promise<string> {
-  return (await run('docker', args, { env: composeEnv(), maxBuffer: 64 * 1024 * 1024 })).stdout;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((ok) => server.close(ok));
-  return port;
-}
+const docker = (args: string[]): Promise<string> => dockerCli(args);
 
 /** Text without ANSI escape sequences (colours, line clears). */
 function stripEscapes(text: string): string {

@@ -7,13 +7,15 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { connect, createServer, type AddressInfo } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { JobView, ToolStep } from '../../services/shared/src/job-schema';
 import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
 import { waitFor } from '../support/wait-for';
+import { freePort } from '../support/ports';
+import { composeEnv, dockerCli } from './compose-cli';
 
 const run = promisify(execFile);
 const ROOT = resolve(__dirname, '..', '..');
@@ -36,37 +38,16 @@ let secret = '';
 /** What `docker compose build` printed in beforeAll. */
 let buildOutput = '';
 
-/**
- * The compose CLI sees only the variables this run sets (in its own --env-file, so a developer's
- * .env never leaks in) and the base-image stand-ins CI exports, not the caller's whole environment.
- */
-function composeEnv(): NodeJS.ProcessEnv {
-  const pass = ['PATH', 'HOME', 'DOCKER_HOST', 'DOCKER_CONFIG', 'NODE_IMAGE', 'DEBIAN_IMAGE', 'REDIS_IMAGE'];
-  return Object.fromEntries(pass.filter((k) => process.env[k]).map((k) => [k, process.env[k]]));
-}
-
 async function writeEnvFile(overrides: Record<string, string> = {}): Promise<void> {
   const all = { ...vars, ...overrides };
   await writeFile(envFile, Object.entries(all).map(([k, v]) => `${k}=${v}\n`).join(''));
 }
 
 async function compose(args: string[], files = FILES): Promise<string> {
-  try {
-    const { stdout } = await run('docker', ['compose', '-p', PROJECT, '--env-file', envFile, ...files, ...args], {
-      cwd: ROOT,
-      env: composeEnv(),
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    return stdout;
-  } catch (err) {
-    const e = err as Error & { stderr?: string };
-    throw new Error(`docker compose ${args.join(' ')} failed: ${e.stderr?.slice(-4000) ?? e.message}`);
-  }
+  return dockerCli(['compose', '-p', PROJECT, '--env-file', envFile, ...files, ...args]);
 }
 
-async function docker(args: string[]): Promise<string> {
-  return (await run('docker', args, { env: composeEnv(), maxBuffer: 64 * 1024 * 1024 })).stdout;
-}
+const docker = (args: string[]): Promise<string> => dockerCli(args);
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 async function inspect(id: string): Promise<any> {
@@ -90,13 +71,6 @@ async function ourSandboxes(): Promise<{ id: string; worker: string }[]> {
     .filter((c) => c.worker.startsWith(`${PREFIX}.`));
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((ok) => server.close(ok));
-  return port;
-}
 
 /** The first reply line a Redis server at host:port gives to an inline command, or the connection error. */
 async function redisReply(host: string, port: number, command: string): Promise<string> {

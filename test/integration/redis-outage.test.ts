@@ -5,10 +5,9 @@
  * does; a paused one would hold them open instead).
  */
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { createServer, type AddressInfo } from 'node:net';
 import { docker } from '../support/docker';
 import { scriptBySteps, startModelServer, type ModelServer } from '../support/model-server';
+import { freePort } from '../support/ports';
 import { startRedisContainer, type RedisContainer } from '../support/redis-container';
 import { request, startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 import { waitFor } from '../support/wait-for';
@@ -24,14 +23,6 @@ afterAll(async () => {
   await model?.close();
 });
 
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 interface LogLine {
   event?: string;
