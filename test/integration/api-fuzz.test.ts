@@ -482,7 +482,7 @@ beforeAll(async () => {
     LOG_LEVEL: 'warn',
     PATH: process.env.PATH ?? '/usr/bin:/bin',
   };
-  // The API never needs a provider key (DESIGN.md: only the worker holds them).
+  // The API never needs a provider key (docs/architecture.md: only the worker holds them).
   delete env.OPENAI_API_KEY;
   delete env.ANTHROPIC_API_KEY;
   child = spawn(process.execPath, ['--import', 'tsx', join('services', 'api', 'src', 'main.ts')], {

@@ -1,11 +1,11 @@
 /**
- * Provider keys live only in the worker's memory (DESIGN.md, security model). With marker keys in
- * the stack's environment, jobs are run on both providers that try hard to surface them: code in
- * the sandbox hunting its environment and /proc, a provider whose 401, 500 and 400 answers echo the
- * key the way OpenAI's 401 does, and API calls that carry the key in credential headers. Then every
- * place a key could end up is searched for the whole key, its last 12 characters and every
- * 8-character piece of it: all of Redis, every log line, every API response, the sandbox's output
- * and artifacts, and the sandbox containers' configuration.
+ * Provider keys live only in the worker's memory (SECURITY.md, "Provider keys are stored nowhere").
+ * With marker keys in the stack's environment, jobs are run on both providers that try hard to
+ * surface them: code in the sandbox hunting its environment and /proc, a provider whose 401, 500
+ * and 400 answers echo the key the way OpenAI's 401 does, and API calls that carry the key in
+ * credential headers. Then every place a key could end up is searched for the whole key, its last
+ * 12 characters and every 8-character piece of it: all of Redis, every log line, every API
+ * response, the sandbox's output and artifacts, and the sandbox containers' configuration.
  */
 import { randomBytes } from 'node:crypto';
 import { format } from 'node:util';

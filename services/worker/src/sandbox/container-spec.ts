@@ -52,7 +52,7 @@ export function sandboxLabels(settings: SandboxSettings, labels: SandboxContaine
   return out;
 }
 
-/** The hardened create options of one sandbox container (DESIGN.md, "The sandbox"). Pure. */
+/** The hardened create options of one sandbox container (docs/architecture.md, "The sandbox"; SECURITY.md). Pure. */
 export function buildContainerSpec(settings: SandboxSettings, labels: SandboxContainerLabels): Dockerode.ContainerCreateOptions {
   const tmpfsOptions = `noexec,nosuid,nodev,size=${settings.tmpSizeMb}m,mode=1777`;
   const containerLabels = sandboxLabels(settings, labels);
