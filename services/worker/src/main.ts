@@ -11,8 +11,8 @@ async function main(): Promise<void> {
   const dockerHost = parsed.values.DOCKER_HOST;
   dropRoot(dockerHostProblem(dockerHost) === null ? dockerHost : undefined);
   // Every configuration problem in one message, the files judged as the worker will read them.
-  const { config } = await loadWorkerConfig(parsed);
-  const worker = await startWorker(config);
+  const { config, allowedDirs } = await loadWorkerConfig(parsed);
+  const worker = await startWorker(config, { allowedDirs });
   const health = startHealthFile(config, worker.workerId, undefined, { redisWatcher: worker.redisWatcher });
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {

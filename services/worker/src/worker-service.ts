@@ -16,7 +16,7 @@ import {
 } from '../../shared/src/queue';
 import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
 import { createRedisWatcher, type RedisWatcher } from '../../shared/src/redis-watch';
-import { validateAllowedDirs } from './allowed-dirs';
+import { validateAllowedDirs, type ValidatedAllowedDirs } from './allowed-dirs';
 import { CODE_DIR } from './worker-config';
 import { JobProcessor, WorkerShuttingDown } from './job-processor';
 import { configuredProviders, createProvider, type ProvidersConfig } from './providers';
@@ -53,10 +53,16 @@ export interface RunningWorker {
   close(): Promise<void>;
 }
 
+export interface StartWorkerOptions {
+  logger?: Logger;
+  /** ALLOWED_DIRS as loadWorkerConfig already validated them (main.ts); validated here when absent. */
+  allowedDirs?: ValidatedAllowedDirs;
+}
+
 /** Builds and starts a worker from validated config: the worker's composition root. */
-export async function startWorker(config: Config, opts: { logger?: Logger } = {}): Promise<RunningWorker> {
+export async function startWorker(config: Config, opts: StartWorkerOptions = {}): Promise<RunningWorker> {
   // First, before anything connects: a bad value must stop start-up, not fail every call of a healthy-looking worker.
-  const allowed = await validateAllowedDirs(config.ALLOWED_DIRS, { codeDir: CODE_DIR, outputDir: OUTPUT_DIR });
+  const allowed = opts.allowedDirs ?? (await validateAllowedDirs(config.ALLOWED_DIRS, { codeDir: CODE_DIR, outputDir: OUTPUT_DIR }));
   const allowedDirs = allowed.dirs;
   // The prefix leads the id so that everything a deployment (or a test run) created can be told apart.
   const workerId = `${config.MAESTRO_PREFIX}.${hostname()}.${process.pid}.${randomBytes(3).toString('hex')}`;
