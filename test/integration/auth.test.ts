@@ -1,9 +1,12 @@
 /** Callers, ownership, idempotency, rate limits and CORS, through the real API on real Redis. */
 import { loadConfig } from '../../services/shared/src/config';
-import { unsafeAuthConfig } from '../../services/api/src/auth';
+import { authConfigProblems } from '../../services/api/src/auth';
 import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { readSse } from '../support/sse';
 import { request, startStack, waitForJobEnd, type Stack } from '../support/stack';
+
+/** The start-up refusals of an auth configuration, as one message; null when there are none. */
+const problemsOf = (config: Parameters<typeof authConfigProblems>[0]): string | null => authConfigProblems(config).join('\n') || null;
 
 let model: ModelServer;
 const script: Record<string, ScriptedReply[]> = {};
@@ -129,13 +132,13 @@ describe('proxy mode', () => {
 
 describe('none mode', () => {
   test('refuses to serve unauthenticated on a non-loopback address unless told to', () => {
-    expect(unsafeAuthConfig(loadConfig({ HOST: '0.0.0.0' }))).toMatch(/AUTH_MODE=none refuses/);
-    expect(unsafeAuthConfig(loadConfig({ HOST: '192.168.1.5' }))).toMatch(/AUTH_MODE=none refuses/);
-    expect(unsafeAuthConfig(loadConfig({ HOST: '127.0.0.1' }))).toBeNull();
-    expect(unsafeAuthConfig(loadConfig({ HOST: '::1' }))).toBeNull();
-    expect(unsafeAuthConfig(loadConfig({ HOST: '0.0.0.0', ALLOW_UNAUTHENTICATED_NON_LOOPBACK: 'true' }))).toBeNull();
-    expect(unsafeAuthConfig(loadConfig({ AUTH_MODE: 'api-key' }))).toMatch(/API_KEYS/);
-    expect(unsafeAuthConfig(loadConfig({ AUTH_MODE: 'proxy' }))).toMatch(/TRUSTED_PROXIES/);
+    expect(problemsOf(loadConfig({ HOST: '0.0.0.0' }))).toMatch(/AUTH_MODE=none refuses/);
+    expect(problemsOf(loadConfig({ HOST: '192.168.1.5' }))).toMatch(/AUTH_MODE=none refuses/);
+    expect(problemsOf(loadConfig({ HOST: '127.0.0.1' }))).toBeNull();
+    expect(problemsOf(loadConfig({ HOST: '::1' }))).toBeNull();
+    expect(problemsOf(loadConfig({ HOST: '0.0.0.0', ALLOW_UNAUTHENTICATED_NON_LOOPBACK: 'true' }))).toBeNull();
+    expect(problemsOf(loadConfig({ AUTH_MODE: 'api-key' }))).toMatch(/API_KEYS/);
+    expect(problemsOf(loadConfig({ AUTH_MODE: 'proxy' }))).toMatch(/TRUSTED_PROXIES/);
   });
 });
 

@@ -46,12 +46,6 @@ export function authConfigProblems(config: AuthSettings): string[] {
   return [];
 }
 
-/** `authConfigProblems` as one message, or null when the configuration is safe. */
-export function unsafeAuthConfig(config: AuthSettings): string | null {
-  const problems = authConfigProblems(config);
-  return problems.length > 0 ? problems.join('\n') : null;
-}
-
 function unsafeApiKeys(entries: string[]): string[] {
   const problems: string[] = [];
   const seen = new Map<string, number>();
