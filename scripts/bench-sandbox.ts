@@ -15,6 +15,7 @@ import { createLogger } from '../services/shared/src/logger';
 import { LABEL } from '../services/worker/src/sandbox/container-spec';
 import { SandboxManager } from '../services/worker/src/sandbox/sandbox-manager';
 import type { SandboxRuntime } from '../services/worker/src/sandbox/types';
+import { testSandboxSettings } from '../test/support/docker';
 
 const run = promisify(execFile);
 const REPS = Number(process.argv[2] ?? 30);
@@ -51,10 +52,7 @@ async function sessions(docker: Dockerode, runtime: SandboxRuntime): Promise<{ f
   const manager = new SandboxManager({
     docker,
     logger: createLogger({ level: 'warn', service: 'bench' }),
-    settings: {
-      image: IMAGE, runtime, timeoutMs: 30_000, memoryMb: 512, cpus: 1, pids: 128, poolSize: 1,
-      allowedDirs: [], readOnlySubmounts: [], outputLimitBytes: 64 * 1024, tmpSizeMb: 64, workerId: WORKER_ID, deploymentId: WORKER_ID,
-    },
+    settings: testSandboxSettings({ image: IMAGE, runtime, poolSize: 1, workerId: WORKER_ID }),
   });
   const first: number[] = [];
   const later: number[] = [];

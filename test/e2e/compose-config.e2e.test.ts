@@ -9,11 +9,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { freePort } from '../support/ports';
-import { composeEnv, dockerCli } from './compose-cli';
+import { composeEnv, dockerCli, ROOT } from './compose-cli';
 
-const ROOT = resolve(__dirname, '..', '..');
 const RUN_ID = randomBytes(4).toString('hex');
 const PROJECT = `maestro-e2e-config-${RUN_ID}`;
 const IMAGE = 'maestro:e2e';

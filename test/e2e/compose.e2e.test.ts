@@ -9,16 +9,15 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { JobView, ToolStep } from '../../services/shared/src/job-schema';
 import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
 import { waitFor } from '../support/wait-for';
 import { freePort } from '../support/ports';
-import { composeEnv, dockerCli } from './compose-cli';
+import { composeEnv, dockerCli, ROOT } from './compose-cli';
 
 const run = promisify(execFile);
-const ROOT = resolve(__dirname, '..', '..');
 const FILES = ['-f', 'docker-compose.yml', '-f', 'test/e2e/compose.e2e.yml'];
 const RUN_ID = randomBytes(4).toString('hex');
 const PROJECT = `maestro-e2e-${RUN_ID}`;
