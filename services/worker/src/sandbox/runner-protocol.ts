@@ -4,7 +4,7 @@
  * runner's own process and can write anything — so each message is checked field by field and kept
  * within fixed bounds; a message a real runner would never send is a protocol violation.
  */
-import { contentTypeOf } from './content-type';
+import { contentTypeOf } from '../../../shared/src/content-type';
 import type { Artifact, ExecResult } from './types';
 
 const MIB = 1024 * 1024;
