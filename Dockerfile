@@ -25,6 +25,9 @@ COPY --from=build /app/dist ./dist
 # The sandbox image's build context: compose's `sandbox` service builds that image from it through
 # the Docker Engine API (services/worker/src/sandbox-build.ts).
 COPY sandbox-image ./sandbox-image
+# The artifacts volume's mount point, owned by uid 1000: a new named volume takes the ownership of
+# the directory it is mounted on, so the api and the worker (uid 1000) can write to it.
+RUN mkdir -p /var/lib/maestro/artifacts && chown -R 1000:1000 /var/lib/maestro
 LABEL org.opencontainers.image.title="maestro"
 # Numeric, so orchestrators that insist on a non-root uid (runAsNonRoot) can verify it; uid 1000 is
 # the `node` user of the official Node images. Nothing under /app is writable by it.

@@ -7,6 +7,10 @@ Each request is {"id": N, "code": "...", "limit"?: bytes}; each response is one 
 ended with the cell. The bytes of the listed files follow, concatenated in list order, as lines
 {"id", "data": base64} of at most CHUNK_BYTES each.
 
+Arguments (each optional, in any order; the worker passes all of them): --limit BYTES (the cap per
+stream), --artifact-files N, --artifact-bytes BYTES and --artifact-file-bytes BYTES (what one
+execution may hand back: how many files, their bytes together, the bytes of one file).
+
 Files are read here, by the sandbox user, never by the host: a path the code chose is opened one
 component at a time without following a link, and only a regular file is read. Whatever the code
 does to this process, it can hand back only bytes it could read itself.
@@ -31,10 +35,13 @@ import time
 import traceback
 
 OUTPUT_DIR = "/output"
+MIB = 1024 * 1024
 DEFAULT_LIMIT = 64 * 1024
-MAX_FILES = 20
-MAX_FILE_BYTES = 10 * 1024 * 1024
-MAX_TOTAL_BYTES = 25 * 1024 * 1024
+# Per-execution artifact limits when the worker passes none.
+DEFAULT_MAX_FILES = 20
+DEFAULT_MAX_TOTAL_BYTES = 25 * MIB
+# One file is never more than this, nor more than the execution's total.
+MAX_FILE_BYTES = 10 * MIB
 # Bounds one scan of the output dir, so a burst of tiny files cannot make every later cell slow.
 MAX_SCAN_ENTRIES = 2000
 MAX_DEPTH = 8
@@ -156,13 +163,28 @@ def read_capped(fd, cap):
     return b"".join(chunks)
 
 
-class OutputWatcher:
-    """Hands back regular files in the output dir that are new or changed since the previous cell."""
+def size_text(n):
+    """Bytes as a person would say them: "25 MiB", "512 KiB", "1000 bytes"."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return "%d %s" % (n // size, unit)
+    return "%d byte%s" % (n, "" if n == 1 else "s")
 
-    def __init__(self, root):
+
+class OutputWatcher:
+    """Hands back regular files in the output dir that are new or changed since the previous cell.
+
+    Each reason for a refusal reads after "not saved:"; refusals for the execution's quota start
+    with "quota".
+    """
+
+    def __init__(self, root, max_files=DEFAULT_MAX_FILES, max_total=DEFAULT_MAX_TOTAL_BYTES, max_file=MAX_FILE_BYTES):
         self.root = root
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.seen = {}
+        self.max_files = max_files
+        self.max_total = max_total
+        self.max_file = min(max_file, max_total)
 
     def scan(self):
         """Names of new or changed entries, and the ones refused on sight."""
@@ -206,14 +228,23 @@ class OutputWatcher:
                         names.append(shown)
         return names, skipped
 
+    def too_big(self):
+        """Why a file over the per-file cap is refused: the execution's quota when that is the cap."""
+        if self.max_file >= self.max_total:
+            return self.over_total()
+        return "larger than the %s one file may be" % size_text(self.max_file)
+
+    def over_total(self):
+        return "quota: over the %s this execution may save" % size_text(self.max_total)
+
     def collect(self):
         """The files to hand back, as (listing, concatenated bytes, skipped)."""
         names, refused = self.scan()
         files, blobs, skipped = [], [], list(refused)
         total = 0
         for name in names:
-            if len(files) >= MAX_FILES:
-                skipped.append((name, "more than %d files" % MAX_FILES))
+            if len(files) >= self.max_files:
+                skipped.append((name, "quota: more than %d file%s in one execution" % (self.max_files, "" if self.max_files == 1 else "s")))
                 continue
             try:
                 fd, st = open_beneath(self.root_fd, name)
@@ -222,19 +253,19 @@ class OutputWatcher:
                 skipped.append((name, "not a regular file this user can read"))
                 continue
             try:
-                if st.st_size > MAX_FILE_BYTES:
-                    skipped.append((name, "larger than %d bytes" % MAX_FILE_BYTES))
+                if st.st_size > self.max_file:
+                    skipped.append((name, self.too_big()))
                     continue
-                data = read_capped(fd, MAX_FILE_BYTES)
+                data = read_capped(fd, self.max_file)
             except OSError:
                 skipped.append((name, "could not be read"))
                 continue
             finally:
                 os.close(fd)
-            if len(data) > MAX_FILE_BYTES:
-                skipped.append((name, "larger than %d bytes" % MAX_FILE_BYTES))
-            elif total + len(data) > MAX_TOTAL_BYTES:
-                skipped.append((name, "total size over %d bytes" % MAX_TOTAL_BYTES))
+            if len(data) > self.max_file:
+                skipped.append((name, self.too_big()))
+            elif total + len(data) > self.max_total:
+                skipped.append((name, self.over_total()))
             else:
                 total += len(data)
                 files.append({"name": name, "size": len(data)})
@@ -420,15 +451,44 @@ def deny_tracing():
         raise OSError(ctypes.get_errno(), "could not install the tracing filter")
 
 
+ARG_DEFAULTS = {
+    "--limit": DEFAULT_LIMIT,
+    "--artifact-files": DEFAULT_MAX_FILES,
+    "--artifact-bytes": DEFAULT_MAX_TOTAL_BYTES,
+    "--artifact-file-bytes": MAX_FILE_BYTES,
+}
+
+
+def parse_args(argv):
+    """The options in argv, in any order, each a whole number; one absent or malformed keeps its default."""
+    values = dict(ARG_DEFAULTS)
+    i = 0
+    while i < len(argv):
+        name = argv[i]
+        if name in values and i + 1 < len(argv):
+            try:
+                values[name] = int(argv[i + 1])
+            except ValueError:
+                pass
+            i += 2
+        else:
+            i += 1
+    values["--limit"] = max(1, values["--limit"])
+    values["--artifact-files"] = max(0, values["--artifact-files"])
+    values["--artifact-bytes"] = max(0, values["--artifact-bytes"])
+    # Never above the cap of the image, whatever the arguments say.
+    values["--artifact-file-bytes"] = max(0, min(values["--artifact-file-bytes"], MAX_FILE_BYTES))
+    return values
+
+
 def main():
     # The capture threads must take the GIL back from the main thread to hand over a cell's output;
     # at the default 5 ms switch interval that wait dominated a short cell's round trip.
     sys.setswitchinterval(0.0005)
     # Before any thread starts, so every thread and child inherits the filter.
     deny_tracing()
-    limit_default = DEFAULT_LIMIT
-    if len(sys.argv) > 2 and sys.argv[1] == "--limit":
-        limit_default = max(1, int(sys.argv[2]))
+    args = parse_args(sys.argv[1:])
+    limit_default = args["--limit"]
     # os.dup makes non-inheritable copies, so subprocesses of the cell never see the frame streams.
     requests = os.fdopen(os.dup(0), "rb")
     frames = os.fdopen(os.dup(1), "wb")
@@ -448,7 +508,7 @@ def main():
         frames.flush()
 
     env = {"__name__": "__main__", "__builtins__": builtins}
-    watcher = OutputWatcher(OUTPUT_DIR)
+    watcher = OutputWatcher(OUTPUT_DIR, args["--artifact-files"], args["--artifact-bytes"], args["--artifact-file-bytes"])
     watcher.scan()
     send({"ready": True})
     while True:

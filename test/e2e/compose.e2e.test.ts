@@ -5,7 +5,7 @@
  * Whatever happens, afterAll takes the stack down with its volumes.
  */
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -117,6 +117,14 @@ async function waitForEnd(id: string, timeoutMs = 60_000): Promise<JobView> {
     },
     { timeoutMs, intervalMs: 200, what: `job ${id} to end` },
   );
+}
+
+const sha256 = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex');
+
+async function download(path: string): Promise<Buffer> {
+  const res = await fetch(apiUrl + path);
+  if (res.status !== 200) throw new Error(`GET ${path} answered ${res.status}`);
+  return Buffer.from(await res.arrayBuffer());
 }
 
 const toolSteps = (job: JobView): ToolStep[] => job.steps.filter((s): s is ToolStep => s.type === 'tool');
@@ -409,6 +417,32 @@ describe('docker compose up', () => {
     expect(state).toMatchObject({ Status: 'running', Restarting: false });
     expect((await inspect(worker as string)).RestartCount).toBe(0);
   });
+
+  test('input files and artifacts live in the artifacts volume and survive `docker compose restart api worker`', async () => {
+    const csv = 'n\n1\n2\n39\n';
+    const form = new FormData();
+    form.append('job', JSON.stringify({ task: `e2e:inputs files-${RUN_ID}` }));
+    form.append('file', new Blob([csv]), 'data.csv');
+    const res = await fetch(`${apiUrl}/v1/jobs`, { method: 'POST', body: form });
+    expect(res.status).toBe(202);
+    const job = await waitForEnd(((await res.json()) as JobView).id);
+    expect(job.status).toBe('succeeded');
+    expect(toolSteps(job)[0]?.output).toMatch(/^42$/m);
+    expect(job.inputs).toEqual([{ name: 'data.csv', size: csv.length, contentType: 'text/csv', sha256: sha256(csv) }]);
+    expect(job.artifacts.map((a) => a.name)).toEqual(['summary.csv']);
+    const paths = [`/v1/jobs/${job.id}/inputs/data.csv`, `/v1/jobs/${job.id}/artifacts/summary.csv`];
+    const before = await Promise.all(paths.map(download));
+    expect(before.map(sha256)).toEqual([sha256(csv), job.artifacts[0]?.sha256]);
+    const volume = `${PROJECT}_artifacts`;
+    expect((await docker(['volume', 'ls', '-q', '--filter', `name=${volume}`])).trim()).toBe(volume);
+
+    await compose(['restart', 'api', 'worker']);
+    await waitForHealthy('api', 1);
+    await waitForHealthy('worker', 1);
+    const after = await Promise.all(paths.map(download));
+    expect(after.map(sha256)).toEqual(before.map(sha256));
+    expect((await getJob(job.id)).inputs).toEqual(job.inputs);
+  }, 180_000);
 
   test('docker compose down -v leaves no sandbox container, container or volume behind', async () => {
     await compose(['down', '-v', '--remove-orphans', '--timeout', '20']);

@@ -24,13 +24,23 @@ const lastOutput = (req: ScriptedRequest): string =>
 
 /** The replies of one task: step 0 asks for tools, step 1 ends the job. */
 function script(req: ScriptedRequest): ScriptedReply {
-  const [kind, ...args] = req.task.split(' ');
+  // A job with input files has their list after its task: the task is the first line.
+  const [kind, ...args] = (req.task.split('\n')[0] as string).split(' ');
   if (req.step > 0) return { text: kind === 'e2e:square' ? `The answer is ${lastOutput(req)}.` : `done: ${lastOutput(req)}` };
   switch (kind) {
     case 'e2e:interfaces':
       return codeCall("import socket\nprint('interfaces=' + ','.join(sorted(n for _, n in socket.if_nameindex())))");
     case 'e2e:square':
       return codeCall(`print(${Number(args[0])} ** 2)`);
+    case 'e2e:inputs':
+      return codeCall(
+        [
+          'import pandas as pd',
+          "df = pd.read_csv('/input/data.csv')",
+          "df.describe().to_csv('/output/summary.csv')",
+          "print(df['n'].sum())",
+        ].join('\n'),
+      );
     case 'e2e:sleep':
       return codeCall(`import time\ntime.sleep(${Number(args[0])})\nprint('slept')`);
     case 'e2e:files': {

@@ -30,7 +30,7 @@ test('a job whose code saves a matplotlib chart returns it as a downloadable PNG
   ];
   const job = await waitForJobEnd(stack, (await submitJob(stack, { task: 'draw a chart' })).id);
   expect(job.status).toBe('succeeded');
-  expect(job.artifacts).toEqual([{ name: 'chart.png', size: expect.any(Number), contentType: 'image/png', step: expect.any(Number) }]);
+  expect(job.artifacts).toEqual([{ name: 'chart.png', size: expect.any(Number), contentType: 'image/png', sha256: expect.stringMatching(/^[0-9a-f]{64}$/), step: 1 }]);
   const tool = job.steps.find((s) => s.type === 'tool');
   expect(tool?.output).toMatch(/chart\.png/);
 

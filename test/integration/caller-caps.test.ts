@@ -126,7 +126,7 @@ describe('active jobs per caller', () => {
     // A job stored two minutes ago whose API replica died before enqueueing it: BullMQ never had it.
     const store = new JobStore(stack.redis, stack.prefix, 3600);
     const orphan = newJobId(Date.now() - 120_000);
-    const spec = { task: 'never queued', provider: 'openai' as const, model: 'm', tools: [], maxSteps: 1, timeoutSeconds: 60, metadata: {}, caller: 'erin' };
+    const spec = { task: 'never queued', provider: 'openai' as const, model: 'm', tools: [], maxSteps: 1, timeoutSeconds: 60, metadata: {}, inputs: [], caller: 'erin' };
     expect((await store.create(orphan, spec, new Date(), { maxActive: 10 })).outcome).toBe('created');
     expect(await stack.redis.zcard(activeKey)).toBe(3);
 

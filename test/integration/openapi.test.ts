@@ -64,6 +64,7 @@ test('every route of the app appears in the document', async () => {
   const app = createApp({
     config: loadConfig({}),
     store: {} as never,
+    files: {} as never,
     queue: {} as never,
     redis: {} as never,
     logger: pino({ level: 'silent' }),

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { extractExamples, compareShape, type DocExample } from '../support/doc-examples';
-import { codeCall, scriptBySteps, startModelServer, type ModelServer } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type Script } from '../support/model-server';
 import { startStack, waitForJobEnd, type Stack } from '../support/stack';
 
 const ROOT = join(__dirname, '..', '..');
@@ -17,7 +17,7 @@ const DOCUMENTED_ORIGIN = 'http://127.0.0.1:3000';
 const JOB_ID = /[0-9a-hjkmnp-tv-z]{26}/g;
 
 /** The jobs the examples submit, as the docs tell them (the usage adds up to the README's 812 in, 64 out). */
-const SCRIPT = scriptBySteps({
+const BY_TASK = scriptBySteps({
   'What is the sum of the integers from 1 to 100? Use Python.': [
     codeCall('print(sum(range(101)))', { usage: { inputTokens: 371, outputTokens: 38 } }),
     { text: 'The sum is 5050.', usage: { inputTokens: 441, outputTokens: 26 } },
@@ -33,7 +33,22 @@ const SCRIPT = scriptBySteps({
     ),
     { text: 'North sold 120, south 80; the chart is chart.png.' },
   ],
+  'Plot the sales in /input/sales.csv by region. Use Python.': [
+    codeCall(
+      [
+        'import pandas as pd, matplotlib.pyplot as plt',
+        "pd.read_csv('/input/sales.csv').plot.bar(x='region', y='sales')",
+        "plt.savefig('/output/chart.png')",
+      ].join('\n'),
+    ),
+    { text: 'North sold the most; the chart is chart.png.' },
+  ],
 });
+/** A job with input files has their list after its task in the first message; the script keys on the task. */
+const SCRIPT: Script = (req) => BY_TASK({ ...req, task: req.task.split('\n\nFiles given with this task')[0] as string });
+
+/** The files the examples upload with `-F file=@…`, as a reader following along would have them. */
+const FIXTURES: Record<string, string> = { 'sales.csv': 'region,sales\nnorth,120\nsouth,80\n' };
 
 const SOURCES = [
   { file: 'README.md', heading: '## The API (v1)', minCommands: 5, minResponses: 2 },
@@ -62,7 +77,17 @@ async function run(example: DocExample, latestJob: string | undefined): Promise<
     if (latestJob !== undefined) url = url.split(id).join(latestJob);
   }
 
-  const res = await fetch(url, { method: req.method, headers: req.headers, body: req.body });
+  let payload: string | FormData | undefined = req.body;
+  if (req.form !== undefined) {
+    const form = new FormData();
+    for (const part of req.form) {
+      if (part.file === undefined) form.append(part.name, part.value ?? '');
+      else if (FIXTURES[part.file] === undefined) return { problems: [`${example.where}: uploads ${part.file}, which the test has no copy of`] };
+      else form.append(part.name, new Blob([FIXTURES[part.file] as string]), part.file);
+    }
+    payload = form;
+  }
+  const res = await fetch(url, { method: req.method, headers: req.headers, body: payload });
   const bytes = Buffer.from(await res.arrayBuffer());
   const problems: string[] = [];
   const where = `${example.where} (${req.method} ${req.url})`;

@@ -208,6 +208,8 @@ export interface CurlRequest {
   body?: string;
   /** `-o FILE`: the body is saved, not shown. */
   outputFile?: string;
+  /** `-F name=value` and `-F name=@file` parts, in order: a multipart/form-data body. */
+  form?: { name: string; value?: string; file?: string }[];
 }
 
 /** Splits a shell command line into words: quotes, backslash escapes and line continuations. */
@@ -265,11 +267,19 @@ export function parseCurl(command: string): CurlRequest {
       req.headers[h.slice(0, colon).trim().toLowerCase()] = h.slice(colon + 1).trim();
     } else if (w === '-d') req.body = arg();
     else if (w === '-o') req.outputFile = arg();
+    else if (w === '-F') {
+      // `name=value` or `name=@file`, with an optional `;type=…` that sets the part's content type.
+      const [part] = arg().split(/;type=[^;]*$/) as [string];
+      const eq = part.indexOf('=');
+      if (eq <= 0) throw new Error(`malformed form part ${JSON.stringify(part)} in: ${command}`);
+      const [name, value] = [part.slice(0, eq), part.slice(eq + 1)];
+      (req.form ??= []).push(value.startsWith('@') ? { name, file: value.slice(1) } : { name, value });
+    }
     else if (!w.startsWith('-') && req.url === '') req.url = w;
     else throw new Error(`curl option ${JSON.stringify(w)} is not understood by the docs test, in: ${command}`);
   }
   if (req.url === '') throw new Error(`no URL in: ${command}`);
-  req.method ||= req.body === undefined ? 'GET' : 'POST';
+  req.method ||= req.body === undefined && req.form === undefined ? 'GET' : 'POST';
   return req;
 }
 

@@ -64,6 +64,8 @@ export function testSandboxSettings(
     allowedDirs: [],
     readOnlySubmounts: [],
     outputLimitBytes: 64 * 1024,
+    artifactBytesPerExecution: 25 * 1024 * 1024,
+    artifactFilesPerExecution: 20,
     tmpSizeMb: 64,
     deploymentId: overrides.workerId,
     ...overrides,

@@ -4,6 +4,8 @@
  * scripted model server. Each stack has its own key prefix and removes what it made on close.
  */
 import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
 import pino from 'pino';
@@ -22,6 +24,8 @@ import { waitFor } from './wait-for';
 export type AnyJson = any;
 
 export const TEST_OPENAI_KEY = 'sk-test-openai-key-0000';
+/** Every test stack's artifact store is under here, in a directory of its own prefix (see DirectoryArtifactStore). */
+export const TEST_ARTIFACT_ROOT = '/var/tmp/maestro-test-artifacts';
 export const TEST_ANTHROPIC_KEY = 'sk-ant-test-key-0000';
 
 export interface Stack {
@@ -55,6 +59,7 @@ export function stackEnv(model: ModelServer, prefix: string, extra: Record<strin
     // Tests poll their jobs every 50 ms, far past a caller's default limit; the limit has its own
     // tests (auth.test.ts), with a limit of their own.
     RATE_LIMIT_PER_MINUTE: '0',
+    ARTIFACT_DIR: TEST_ARTIFACT_ROOT,
     ...extra,
   };
 }
@@ -103,6 +108,7 @@ export async function startStack(
         if (keys.length > 0) await redis.del(...keys);
       } while (cursor !== '0');
       await redis.quit();
+      await rm(join(config.ARTIFACT_DIR, prefix), { recursive: true, force: true });
     },
   };
   for (let i = 0; i < (opts.workers ?? 1); i++) await stack.startWorker();

@@ -78,6 +78,8 @@ describe('ALLOWED_DIRS values start-up refuses, each with one line naming the va
     ['a dir under /tmp', () => '/tmp/data', /lies under \/tmp \(/],
     ['the sandbox output dir', () => OUTPUT_DIR, /is \/output \(the sandbox's output dir\)/],
     ['a dir under the output dir', () => `${OUTPUT_DIR}/files`, /lies under \/output \(/],
+    ["the sandbox's inputs dir", () => '/input', /is \/input \(the sandbox's inputs dir\)/],
+    ["a dir under the sandbox's inputs dir", () => '/input/data', /lies under \/input \(the sandbox's inputs dir\)/],
     ['a dir that covers the runner', () => '/opt', /covers \/opt\/maestro \(the sandbox's runner\)/],
     ["the worker's own code", () => codeDir, /is .* \(the worker's own code\)/],
     ["a dir under the worker's code", () => path.join(codeDir, 'services'), /lies under .* \(the worker's own code\)/],

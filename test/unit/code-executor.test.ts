@@ -41,6 +41,8 @@ function context(sandbox: SandboxSession, signal = new AbortController().signal)
     sandbox,
     allowedDirs: [],
     execTimeoutMs: 30_000,
+    stepIndex: 1,
+    artifacts: { save: (artifacts) => Promise.resolve({ saved: [...artifacts], skipped: [] }) },
   };
 }
 

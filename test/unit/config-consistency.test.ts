@@ -22,9 +22,11 @@ const RULES: ConsistencyRules = {
     api: {
       HOST: 'the api listens on every interface of its container; the port is published on the host loopback only',
       PORT: 'the container port that API_PORT is published from',
+      ARTIFACT_DIR: 'where the `artifacts` volume is mounted, in the api and the worker alike',
     },
     worker: {
       DOCKER_HOST: 'the socket DOCKER_SOCKET names is mounted at /var/run/docker.sock; the shell’s DOCKER_HOST is for the compose CLI',
+      ARTIFACT_DIR: 'where the `artifacts` volume is mounted, in the api and the worker alike',
     },
   },
 };

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { buildContainerSpec, LABEL } from '../../services/worker/src/sandbox/container-spec';
+import { artifactLimits, buildContainerSpec, INPUT_DIR, LABEL } from '../../services/worker/src/sandbox/container-spec';
 import type { SandboxSettings } from '../../services/worker/src/sandbox/types';
 
 const settings: SandboxSettings = {
@@ -14,6 +14,8 @@ const settings: SandboxSettings = {
   allowedDirs: ['/srv/data', '/home/me/notes'],
   readOnlySubmounts: ['/srv/data/tmpfs'],
   outputLimitBytes: 65_536,
+  artifactBytesPerExecution: 25 * 1024 * 1024,
+  artifactFilesPerExecution: 20,
   tmpSizeMb: 64,
   workerId: 'worker-1',
   deploymentId: 'deployment-1',
@@ -154,6 +156,61 @@ describe('the sandbox container spec', () => {
       [LABEL.created]: created.toISOString(),
       [LABEL.deadline]: deadline.toISOString(),
     });
+  });
+
+  it('passes the runner its output limit and the per-execution artifact limits as argv', () => {
+    expect(spec.Entrypoint).toEqual(['/usr/bin/python3', '-u', '/opt/maestro/runner.py']);
+    expect(spec.Cmd).toEqual([
+      '--limit', '65536',
+      '--artifact-files', '20',
+      '--artifact-bytes', String(25 * 1024 * 1024),
+      '--artifact-file-bytes', String(10 * 1024 * 1024),
+    ]);
+    const small = buildContainerSpec({ ...settings, artifactBytesPerExecution: 2 * 1024 * 1024, artifactFilesPerExecution: 3 }, { jobId: 'job-1', created });
+    expect(small.Cmd).toEqual(['--limit', '65536', '--artifact-files', '3', '--artifact-bytes', '2097152', '--artifact-file-bytes', '2097152']);
+  });
+
+  it('caps one artifact file at 10 MiB, and never above the per-execution total', () => {
+    const MIB = 1024 * 1024;
+    expect(artifactLimits({ artifactBytesPerExecution: 100 * MIB, artifactFilesPerExecution: 50 })).toEqual({ files: 50, totalBytes: 100 * MIB, fileBytes: 10 * MIB });
+    expect(artifactLimits({ artifactBytesPerExecution: 2 * MIB, artifactFilesPerExecution: 20 })).toEqual({ files: 20, totalBytes: 2 * MIB, fileBytes: 2 * MIB });
+    expect(artifactLimits({ artifactBytesPerExecution: 0, artifactFilesPerExecution: 0 })).toEqual({ files: 0, totalBytes: 0, fileBytes: 0 });
+    for (const bad of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => artifactLimits({ artifactBytesPerExecution: bad, artifactFilesPerExecution: 20 })).toThrow(/artifactBytesPerExecution must be a whole number/);
+      expect(() => artifactLimits({ artifactBytesPerExecution: MIB, artifactFilesPerExecution: bad })).toThrow(/artifactFilesPerExecution must be a whole number/);
+      expect(() => buildContainerSpec({ ...settings, artifactFilesPerExecution: bad }, { jobId: 'job-1', created })).toThrow();
+    }
+  });
+
+  it('mounts nothing at /input for a job without inputs', () => {
+    expect((host.Mounts ?? []).filter((m) => m.Target === INPUT_DIR || m.Target?.startsWith(`${INPUT_DIR}/`))).toEqual([]);
+    const none = buildContainerSpec(settings, { jobId: 'job-1', created }, {});
+    expect(none.HostConfig?.Mounts).toEqual(host.Mounts);
+  });
+
+  it("binds a job's inputs dir read-only at /input, after the allowed dirs, leaving the propagation to the engine", () => {
+    const withInputs = buildContainerSpec(settings, { jobId: 'job-1', created, deadline }, { inputsHostDir: '/var/lib/maestro/artifacts/inputs/job-1' });
+    const mounts = withInputs.HostConfig?.Mounts ?? [];
+    expect(mounts.slice(0, -1)).toEqual(host.Mounts);
+    expect(mounts.at(-1)).toEqual({
+      Type: 'bind',
+      Source: '/var/lib/maestro/artifacts/inputs/job-1',
+      Target: '/input',
+      ReadOnly: true,
+    });
+    // Unset, the engine picks rprivate, or rslave inside its own root (a named volume), where it refuses rprivate.
+    expect(mounts.at(-1)?.BindOptions).toBeUndefined();
+    // Everything else is the spec of a job without inputs.
+    expect({ ...withInputs, HostConfig: { ...withInputs.HostConfig, Mounts: [] } }).toEqual({ ...spec, HostConfig: { ...host, Mounts: [] } });
+    expect(withInputs.HostConfig?.Binds).toBeUndefined();
+  });
+
+  it('takes the inputs dir with one trailing slash, and refuses one that is not absolute and normalised', () => {
+    const trailing = buildContainerSpec(settings, { jobId: 'job-1', created }, { inputsHostDir: '/srv/inputs/job-1/' });
+    expect(trailing.HostConfig?.Mounts?.at(-1)).toMatchObject({ Source: '/srv/inputs/job-1', Target: '/input' });
+    for (const bad of ['inputs/job-1', '', '/', '/srv/../etc', '/srv//inputs', '/srv/./inputs', '/srv/in\0puts']) {
+      expect(() => buildContainerSpec(settings, { jobId: 'job-1', created }, { inputsHostDir: bad })).toThrow(/inputs dir must be an absolute, normalised path/);
+    }
   });
 
   it('labels a pool container with an empty job and no deadline', () => {

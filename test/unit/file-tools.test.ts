@@ -31,6 +31,8 @@ beforeAll(async () => {
     // Real paths, as validateAllowedDirs hands them over (root went through realpath).
     allowedDirs: [data],
     execTimeoutMs: 30_000,
+    stepIndex: 1,
+    artifacts: { save: () => Promise.reject(new Error('the file tools save no artifacts')) },
   };
 });
 

@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { DirectoryArtifactStore } from '../../shared/src/artifact-store';
 import { ConfigError, type Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
@@ -27,6 +28,14 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   const problems = apiConfigProblems(config);
   if (problems.length > 0) throw new ConfigError(problems.join('\n'));
 
+  // Uploads are written here and downloads read from here: a directory it cannot write stops start-up.
+  const files = new DirectoryArtifactStore(config.ARTIFACT_DIR, config.MAESTRO_PREFIX);
+  try {
+    await files.init();
+  } catch (err) {
+    throw new ConfigError(`invalid ARTIFACT_DIR: cannot create or write to it (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+
   // One watcher for all of the API's connections: an outage is logged once, not per failed reconnect.
   const redisWatcher = createRedisWatcher({ logger, target: config });
   const redis = createApiRedis(config);
@@ -51,7 +60,7 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
     if (!redisWatcher.absorb(err, 'queue')) logger.warn({ event: 'queue.error', message: err.message }, 'queue error');
   });
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
-  const app = createApp({ config, store, queue, redis, logger, authSecret, redisWatcher });
+  const app = createApp({ config, store, files, queue, redis, logger, authSecret, redisWatcher });
 
   // Node would answer an HTTP/1.1 request without Host with a bare 400 of its own; the host check
   // answers it with a problem document instead.

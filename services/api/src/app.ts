@@ -3,6 +3,7 @@ import helmet from 'helmet';
 import cors from 'cors';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { ArtifactStore } from '../../shared/src/artifact-store';
 import type { Config } from '../../shared/src/config';
 import type { JobStore } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
@@ -19,6 +20,7 @@ import { jobsRouter } from './routes/jobs';
 export interface AppDeps {
   config: Config;
   store: JobStore;
+  files: ArtifactStore;
   queue: Queue<QueuedJobData>;
   redis: Redis;
   logger: Logger;

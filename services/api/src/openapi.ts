@@ -36,7 +36,14 @@ const toolStep = z
     truncated: z.boolean().optional(),
   })
   .catchall(z.unknown());
-const artifact = z.object({ name: z.string(), size: z.number().int(), contentType: z.string(), step: z.number().int() });
+const storedFile = {
+  name: z.string(),
+  size: z.number().int(),
+  contentType: z.string().describe('from the name\'s extension; bytes are never sniffed'),
+  sha256: z.string().describe('hex SHA-256 of the bytes; the download\'s ETag'),
+};
+const artifact = z.object({ ...storedFile, step: z.number().int().describe('index of the code_executor step that wrote it') });
+const input = z.object(storedFile);
 const jobSummary = z.object({
   id: z.string(),
   status: z.enum(JOB_STATUSES),
@@ -56,6 +63,7 @@ const jobSummary = z.object({
   result: z.object({ output: z.string() }).nullable(),
   error: z.object({ code: z.string(), message: z.string() }).nullable(),
   usage,
+  inputs: z.array(input).describe('files given with the job, read-only at /input/<name> in its sandbox'),
   artifacts: z.array(artifact),
 });
 const job = jobSummary.extend({ steps: z.array(z.discriminatedUnion('type', [modelStep, toolStep])) });
@@ -90,6 +98,31 @@ const common = {
   ),
   '503': problemResponse('Redis is unreachable.'),
 };
+/** The download of a stored file (an artifact or an input), with its conditional and range requests. */
+const download = (what: string) => ({
+  parameters: [
+    { name: 'Range', in: 'header', required: false, description: 'One byte range, `bytes=start-end`, `bytes=start-` or `bytes=-suffix`; several ranges get the whole file.', schema: { type: 'string' } },
+    { name: 'If-None-Match', in: 'header', required: false, description: 'The ETag of a copy you hold: 304 when it is still this file.', schema: { type: 'string' } },
+    { name: 'If-Range', in: 'header', required: false, description: 'With Range: the range only if the ETag still matches, else the whole file.', schema: { type: 'string' } },
+  ],
+  responses: {
+    '200': {
+      description: `The ${what}, as an attachment, with its content type, its ETag (the quoted SHA-256) and Accept-Ranges.`,
+      headers: { ETag: { schema: { type: 'string' } } },
+      content: { 'application/octet-stream': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } },
+    },
+    '206': {
+      description: 'The bytes of the requested range, with Content-Range.',
+      headers: { 'Content-Range': { schema: { type: 'string' } } },
+      content: { 'application/octet-stream': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } },
+    },
+    '304': { description: 'If-None-Match names this file\'s ETag: your copy is current.' },
+    '404': problemResponse(`No such job or ${what}.`),
+    '416': problemResponse('The range starts past the end of the file; Content-Range gives its length.'),
+    ...common,
+  },
+});
+
 /** With AUTH_MODE=none, what a state-changing request from a foreign browser origin gets. */
 const foreignOrigin = { '403': problemResponse('With AUTH_MODE=none: the Origin is neither this API nor in CORS_ORIGINS (`origin_not_allowed`).') };
 
@@ -137,16 +170,36 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
               schema: { type: 'string', minLength: 1, maxLength: 255 },
             },
           ],
-          requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/JobRequest' } } } },
+          description:
+            'Send the job as JSON, or as `multipart/form-data` to give it input files: a `job` part holding the same JSON, then up to JOB_INPUT_MAX_FILES file parts (JOB_INPUT_MAX_MB in all). Each file appears read-only at `/input/<filename>` in the job\'s sandbox and is listed in the job\'s `inputs`. A file name is one plain path component (no `/`, `\\`, control characters or leading dot, at most 255 bytes); a bad one is refused, never rewritten. Input files count against the caller\'s ARTIFACT_QUOTA_MB_PER_CALLER.',
+          requestBody: {
+            required: true,
+            content: {
+              'application/json': { schema: { $ref: '#/components/schemas/JobRequest' } },
+              'multipart/form-data': {
+                schema: {
+                  type: 'object',
+                  required: ['job'],
+                  properties: {
+                    job: { $ref: '#/components/schemas/JobRequest' },
+                    files: { type: 'array', items: { type: 'string', contentMediaType: 'application/octet-stream' }, description: 'Any number of file parts, under any field name; each is named by its filename.' },
+                  },
+                },
+                encoding: { job: { contentType: 'application/json' } },
+              },
+            },
+          },
           responses: {
             '202': { description: 'Queued.', headers: { Location: { schema: { type: 'string' } } }, content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
             '200': { description: 'The job an earlier request with this Idempotency-Key created.', content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
             ...common,
             ...foreignOrigin,
-            '400': problemResponse('Invalid request; `errors` names each field.'),
+            '400': problemResponse('Invalid request (`errors` names each field): a bad job, a bad file name, no `job` part, a truncated multipart body.'),
             '409': problemResponse('Idempotency-Key reused with another body, or its job has expired.'),
-            '413': problemResponse('Body too large.'),
-            '415': problemResponse('Not application/json.'),
+            '413': problemResponse(
+              'Body too large: the JSON over BODY_LIMIT_KB, more than JOB_INPUT_MAX_FILES files (`too_many_files`), files over JOB_INPUT_MAX_MB (`inputs_too_large`), or files that would pass the caller\'s storage quota (`storage_quota_exceeded`).',
+            ),
+            '415': problemResponse('Neither application/json nor multipart/form-data.'),
             '429': problemResponse(
               'The caller has CALLER_MAX_ACTIVE_JOBS jobs queued or running (`too_many_active_jobs`), the rate limit is exceeded, or too many authentications failed; see Retry-After.',
             ),
@@ -171,6 +224,18 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
             '200': { description: 'The job.', content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
             '404': problemResponse("No such job (or another caller's)."),
             ...common,
+          },
+        },
+        delete: {
+          summary: 'Delete a job and everything it stored',
+          description:
+            'Cancels the job if it is queued or running, then removes its record, steps, events, checkpoint, input files and artifacts, and gives their bytes back to the caller\'s quota. A second DELETE is 404.',
+          parameters: [jobId],
+          responses: {
+            '204': { description: 'Deleted.' },
+            '404': problemResponse("No such job (or another caller's)."),
+            ...common,
+            ...foreignOrigin,
           },
         },
       },
@@ -209,12 +274,23 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
       '/v1/jobs/{id}/artifacts/{name}': {
         get: {
           summary: 'Download a file the job produced',
-          parameters: [jobId, { name: 'name', in: 'path', required: true, description: 'As listed in the job\'s `artifacts`.', schema: { type: 'string' } }],
-          responses: {
-            '200': { description: 'The file, as an attachment, with its content type.', content: { 'application/octet-stream': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } } },
-            '404': problemResponse('No such job or artifact.'),
-            ...common,
-          },
+          ...download('artifact'),
+          parameters: [
+            jobId,
+            { name: 'name', in: 'path', required: true, description: 'As listed in the job\'s `artifacts` (it may hold `/`).', schema: { type: 'string' } },
+            ...download('artifact').parameters,
+          ],
+        },
+      },
+      '/v1/jobs/{id}/inputs/{name}': {
+        get: {
+          summary: 'Download a file given with the job',
+          ...download('input file'),
+          parameters: [
+            jobId,
+            { name: 'name', in: 'path', required: true, description: 'As listed in the job\'s `inputs`.', schema: { type: 'string' } },
+            ...download('input file').parameters,
+          ],
         },
       },
     },

@@ -1,4 +1,4 @@
-import { isAbsolute } from 'node:path';
+import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 
 /** A whole number in [min, max]; whatever is wrong with a value, the line says what is expected. */
@@ -75,6 +75,27 @@ export const configSchema = z.object({
   JOB_MAX_TIMEOUT_SECONDS: int(1, 86_400).default(3600),
   JOB_RETENTION_HOURS: int(1, 24 * 365).default(24 * 7),
   REAPER_INTERVAL_MS: int(1000, 3_600_000).default(10_000),
+
+  /**
+   * Where input and artifact bytes are kept (Redis holds their metadata only); the API and the workers
+   * must see the same directory. A relative path is taken from the working directory.
+   */
+  ARTIFACT_DIR: z
+    .string()
+    .trim()
+    .min(1)
+    .default('data/artifacts')
+    .transform((p) => resolve(p)),
+  /** Bytes of files one code_executor call may hand back. */
+  ARTIFACT_QUOTA_MB_PER_EXECUTION: int(1, 1024).default(25),
+  /** Bytes of artifacts one job may keep, all its attempts together. */
+  ARTIFACT_QUOTA_MB_PER_JOB: int(1, 100_000).default(100),
+  /** Bytes one caller may have stored, inputs and artifacts of all its retained jobs together. */
+  ARTIFACT_QUOTA_MB_PER_CALLER: int(1, 10_000_000).default(1024),
+  /** Files one multipart job submission may carry. */
+  JOB_INPUT_MAX_FILES: int(0, 1000).default(10),
+  /** Bytes of all the files of one submission together. */
+  JOB_INPUT_MAX_MB: int(1, 10_000).default(50),
 
   AUTH_MODE: z.enum(['none', 'api-key', 'proxy']).default('none'),
   API_KEYS: list,

@@ -62,7 +62,18 @@ export interface JobSpec {
   maxSteps: number;
   timeoutSeconds: number;
   metadata: Record<string, string>;
+  /** Files given with the job, read-only at /input/<name> in its sandbox. */
+  inputs: InputInfo[];
   caller: string;
+}
+
+/** A file given with the job (multipart POST), stored in the artifact store. */
+export interface InputInfo {
+  name: string;
+  size: number;
+  contentType: string;
+  /** Hex SHA-256 of the bytes. */
+  sha256: string;
 }
 
 export interface Usage {
@@ -102,7 +113,9 @@ export interface ArtifactInfo {
   name: string;
   size: number;
   contentType: string;
-  /** Index of the tool step that produced it. */
+  /** Hex SHA-256 of the bytes: the download's ETag, and what a client checks it against. */
+  sha256: string;
+  /** Index of the tool step (the code_executor call) that produced it. */
   step: number;
 }
 

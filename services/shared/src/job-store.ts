@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import {
   TERMINAL_STATUSES,
   type ArtifactInfo,
+  type InputInfo,
   type JobSpec,
   type JobStatus,
   type JobView,
@@ -31,14 +32,19 @@ const EVENTS_MAXLEN = 10_000;
  * backlog, builds up no debt. The clock restarts at 1 once it is high and the queue is idle, since
  * BullMQ caps priorities near 2^21; if it never idles, numbers saturate and the order degrades to FIFO.
  *
+ * Input files count against the caller's storage quota here too, in the same script, so concurrent
+ * uploads cannot overrun it together.
+ *
  * KEYS: 1 job, 2 caller's job index, 3 job events, 4 caller's active jobs (score: priority),
- *       5 fair clock, 6-10 BullMQ wait, active, prioritized, delayed, paused, [11 idempotency key]
+ *       5 fair clock, 6-10 BullMQ wait, active, prioritized, delayed, paused, 11 stored files by job,
+ *       12 caller's stored bytes, [13 idempotency key]
  * ARGV: 1 id, 2 events maxlen, 3 active cap, 4 job key prefix, 5 BullMQ job key prefix,
  *       6 time prefix of ids old enough to be orphans, 7 max priority, 8 clock reset threshold,
- *       9 request fingerprint, 10 idempotency ttl s, 11.. job hash fields
+ *       9 request fingerprint, 10 idempotency ttl s, 11 input bytes ('' for a job without inputs),
+ *       12 caller's storage quota in bytes, 13 caller, 14.. job hash fields
  */
 const CREATE = `
-local idem = KEYS[11]
+local idem = KEYS[13]
 if idem then
   local v = redis.call('GET', idem)
   if v then
@@ -74,6 +80,12 @@ if clock >= tonumber(ARGV[8]) and redis.call('LLEN', KEYS[6]) == 0 and redis.cal
   clock = 1
   redis.call('SET', KEYS[5], clock)
 end
+if ARGV[11] ~= '' then
+  local stored = tonumber(redis.call('GET', KEYS[12]) or '0')
+  if stored + tonumber(ARGV[11]) > tonumber(ARGV[12]) then return {'quota', stored} end
+  redis.call('INCRBY', KEYS[12], ARGV[11])
+  redis.call('HSET', KEYS[11], ARGV[1], ARGV[11] .. ' ' .. ARGV[13])
+end
 local priority = clock
 if n > 0 then
   local latest = tonumber(redis.call('ZRANGE', active, -1, -1, 'WITHSCORES')[2])
@@ -81,7 +93,8 @@ if n > 0 then
 end
 priority = math.min(priority, tonumber(ARGV[7]))
 
-redis.call('HSET', KEYS[1], 'priority', priority, unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], 'priority', priority, unpack(ARGV, 14))
+if idem then redis.call('HSET', KEYS[1], 'idempotencyKey', idem) end
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 redis.call('ZADD', active, priority, ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'data', '{"status":"queued"}')
@@ -115,17 +128,103 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'data
 return 1
 `;
 
-// KEYS: 1 caller's active jobs, 2 job, 3 job events, 4.. the job's other keys (all get the retention expiry).
+// A job with stored files is removed by the retention sweep (removeJob), which frees its bytes on
+// disk and in its caller's quota; its keys' own expiry comes later, as a backstop should no sweep run.
+// KEYS: 1 caller's active jobs, 2 stored files by job, 3 retention schedule, 4 job, 5 job events,
+//       6.. the job's other keys (all get the retention expiry).
+// ARGV: 1 status, 2 finishedAt, 3 stopReason, 4 result, 5 error, 6 status event, 7 retention s,
+//       8 events maxlen, 9 id, 10 removal time ms, 11 backstop s
 const FINISH = `
 -- Off the active set whatever the outcome: an ended job that is still listed was missed before.
 redis.call('ZREM', KEYS[1], ARGV[9])
-local st = redis.call('HGET', KEYS[2], 'status')
+local st = redis.call('HGET', KEYS[4], 'status')
 if not st then return -1 end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[2], 'status', ARGV[1], 'finishedAt', ARGV[2], 'stopReason', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'type', 'status', 'data', ARGV[6])
+redis.call('HSET', KEYS[4], 'status', ARGV[1], 'finishedAt', ARGV[2], 'stopReason', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'type', 'status', 'data', ARGV[6])
 local ttl = tonumber(ARGV[7])
-for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+if redis.call('HEXISTS', KEYS[2], ARGV[9]) == 1 then
+  redis.call('ZADD', KEYS[3], ARGV[10], ARGV[9])
+  ttl = ttl + tonumber(ARGV[11])
+end
+for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+return 1
+`;
+
+/**
+ * Records an artifact's metadata once its bytes are stored, within the job's quota (all attempts
+ * together: the tally lives on the job, not on the attempt) and its caller's. A file of the same name
+ * replaces the earlier one and counts once. Refused for a job that ended or was deleted: nothing is
+ * added to a job after its verdict.
+ * KEYS: 1 job, 2 job's artifacts, 3 stored files by job, 4 caller's stored bytes
+ * ARGV: 1 name, 2 metadata JSON, 3 size, 4 job's byte quota, 5 job's file quota, 6 caller's quota, 7 id, 8 caller
+ */
+const SAVE_ARTIFACT = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'gone'} end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {'finished'} end
+local size = tonumber(ARGV[3])
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+local oldSize, oldFile = 0, ''
+if old then
+  local info = cjson.decode(old)
+  oldSize, oldFile = info.size, info.file
+end
+if (not old) and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[5]) then return {'job_files'} end
+local jobBytes = tonumber(redis.call('HGET', KEYS[1], 'artifactBytes') or '0')
+if jobBytes - oldSize + size > tonumber(ARGV[4]) then return {'job_bytes'} end
+local stored = tonumber(redis.call('GET', KEYS[4]) or '0')
+local delta = size - oldSize
+if delta > 0 and stored + delta > tonumber(ARGV[6]) then return {'caller_bytes'} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'artifactBytes', delta)
+redis.call('INCRBY', KEYS[4], delta)
+local entry = redis.call('HGET', KEYS[3], ARGV[7])
+local jobStored = delta
+if entry then jobStored = jobStored + tonumber(string.match(entry, '^(%d+)')) end
+redis.call('HSET', KEYS[3], ARGV[7], jobStored .. ' ' .. ARGV[8])
+return {'saved', oldFile}
+`;
+
+/**
+ * Removes a job's record (deleted by its owner, or past its retention) and gives its stored bytes
+ * back to its caller's quota. Returns 1 when there was something to remove.
+ * KEYS: 1 stored files by job, 2 retention schedule, 3 caller's job index, 4 caller's active jobs,
+ *       5 caller's stored bytes, 6 job, 7.. the job's other keys
+ * ARGV: 1 id
+ */
+const REMOVE = `
+local found = redis.call('ZREM', KEYS[2], ARGV[1])
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if entry then
+  redis.call('DECRBY', KEYS[5], string.match(entry, '^(%d+)'))
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  found = 1
+end
+local idem = redis.call('HGET', KEYS[6], 'idempotencyKey')
+if idem then redis.call('DEL', idem) end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+found = found + redis.call('DEL', unpack(KEYS, 6))
+if found > 0 then return 1 end
+return 0
+`;
+
+/**
+ * Appends steps and the checkpoint after them, only while the job exists: a worker still running a
+ * job its owner deleted must not bring its keys back.
+ * KEYS: 1 job, 2 steps, 3 events, 4 checkpoint
+ * ARGV: 1 checkpoint, 2 input tokens, 3 output tokens, 4 events maxlen, 5.. steps
+ */
+const RECORD_STEPS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 5, #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'step', 'data', ARGV[i])
+end
+redis.call('SET', KEYS[4], ARGV[1])
+if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], 'inputTokens', ARGV[2]) end
+if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[1], 'outputTokens', ARGV[3]) end
 return 1
 `;
 
@@ -145,7 +244,24 @@ export type CreateOutcome =
   /** The key was used with another body. */
   | { outcome: 'conflict'; jobId: string }
   /** The caller already has `active` queued or running jobs, its cap. */
-  | { outcome: 'full'; active: number };
+  | { outcome: 'full'; active: number }
+  /** The job's inputs would take the caller's stored bytes past its quota; `stored` is what it holds. */
+  | { outcome: 'quota'; stored: number };
+
+/** What became of an artifact offered to `saveArtifact`. */
+export type SaveArtifactOutcome =
+  /** Recorded; `replaced` is the store id of the same-named file it replaced, to remove. */
+  | { outcome: 'saved'; replaced?: string }
+  /** Refused: the job ended or was deleted meanwhile, or a quota would be passed. */
+  | { outcome: 'gone' | 'finished' | 'job_files' | 'job_bytes' | 'caller_bytes' };
+
+/** An artifact's metadata as stored: what the API shows, plus where its bytes are. */
+export interface StoredArtifact extends ArtifactInfo {
+  file: string;
+}
+
+/** A finished job with stored files is removed this long after its retention ends, should no sweep run first. */
+const BACKSTOP_EXPIRY_S = 24 * 3600;
 
 /** Past this the fair clock restarts at the next idle moment: BullMQ's priorities stop just below 2^21. */
 const CLOCK_RESET_AT = 1_000_000;
@@ -168,6 +284,21 @@ export class JobStore {
   ) {}
 
   private readonly shas = new Map<string, string>();
+
+  /** Which jobs have files in the artifact store: `<bytes> <caller>` by job id. */
+  private filesKey(): string {
+    return `${this.prefix}:stored-files`;
+  }
+
+  /** Finished jobs with stored files, scored by when the retention sweep removes them. */
+  private retentionKey(): string {
+    return `${this.prefix}:retention`;
+  }
+
+  /** The bytes a caller has in the artifact store (inputs and artifacts of all its jobs): its quota's tally. */
+  private storedBytesKey(caller: string): string {
+    return `${this.prefix}:caller:${encodeURIComponent(caller)}:stored-bytes`;
+  }
 
   /** Runs a Lua script by its SHA (sent in full only the first time, or after a SCRIPT FLUSH). */
   private async run(script: string, keys: string[], args: (string | number)[]): Promise<unknown> {
@@ -218,7 +349,12 @@ export class JobStore {
     id: string,
     spec: JobSpec,
     createdAt: Date,
-    opts: { maxActive: number; idempotency?: { key: string; fingerprint: string; ttlSeconds: number } },
+    opts: {
+      maxActive: number;
+      idempotency?: { key: string; fingerprint: string; ttlSeconds: number };
+      /** The caller's storage quota, which the job's inputs (spec.inputs) count against. */
+      storageQuotaBytes?: number;
+    },
   ): Promise<CreateOutcome> {
     const hash = {
       spec: JSON.stringify(spec),
@@ -237,7 +373,10 @@ export class JobStore {
       this.activeKey(spec.caller),
       this.clockKey(),
       ...['wait', 'active', 'prioritized', 'delayed', 'paused'].map((part) => queueKey(this.prefix, part)),
+      this.filesKey(),
+      this.storedBytesKey(spec.caller),
     ];
+    const inputBytes = spec.inputs.length > 0 ? spec.inputs.reduce((sum, f) => sum + f.size, 0) : '';
     if (opts.idempotency) keys.push(this.idempotencyKey(spec.caller, opts.idempotency.key));
     // One script rather than MULTI: a single command and reply on the hottest write path.
     const [outcome, value] = (await this.run(CREATE, keys, [
@@ -251,6 +390,9 @@ export class JobStore {
       CLOCK_RESET_AT,
       opts.idempotency?.fingerprint ?? '',
       opts.idempotency?.ttlSeconds ?? 0,
+      inputBytes,
+      opts.storageQuotaBytes ?? Number.MAX_SAFE_INTEGER,
+      spec.caller,
       ...Object.entries(hash).flat(),
     ])) as [CreateOutcome['outcome'], string | number];
     switch (outcome) {
@@ -258,9 +400,16 @@ export class JobStore {
         return { outcome, priority: Number(value), job: toView(id, hash, [], []) };
       case 'full':
         return { outcome, active: Number(value) };
+      case 'quota':
+        return { outcome, stored: Number(value) };
       default:
         return { outcome, jobId: String(value) };
     }
+  }
+
+  /** The caller a job belongs to, or null when there is no such job. */
+  async owner(id: string): Promise<string | null> {
+    return this.redis.hget(this.key(id), 'caller');
   }
 
   async status(id: string): Promise<JobStatus | null> {
@@ -354,20 +503,11 @@ export class JobStore {
    * crash never repeats a recorded step nor misses one.
    */
   async recordSteps(id: string, steps: Step[], checkpoint: unknown, usage: Usage): Promise<void> {
-    const multi = this.redis.multi();
-    for (const step of steps) {
-      multi.rpush(this.key(id, 'steps'), JSON.stringify(step));
-      multi.xadd(this.key(id, 'events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'type', 'step', 'data', JSON.stringify(step));
-    }
-    multi.set(this.key(id, 'checkpoint'), JSON.stringify(checkpoint));
-    if (usage.inputTokens) multi.hincrby(this.key(id), 'inputTokens', usage.inputTokens);
-    if (usage.outputTokens) multi.hincrby(this.key(id), 'outputTokens', usage.outputTokens);
-    await multi.exec();
-  }
-
-  /** How many steps are recorded: the index the next step will get. */
-  async stepCount(id: string): Promise<number> {
-    return this.redis.llen(this.key(id, 'steps'));
+    await this.run(
+      RECORD_STEPS,
+      [this.key(id), this.key(id, 'steps'), this.key(id, 'events'), this.key(id, 'checkpoint')],
+      [JSON.stringify(checkpoint), usage.inputTokens, usage.outputTokens, EVENTS_MAXLEN, ...steps.map((step) => JSON.stringify(step))],
+    );
   }
 
   async checkpoint<T>(id: string): Promise<T | null> {
@@ -375,23 +515,73 @@ export class JobStore {
     return raw === null ? null : (JSON.parse(raw) as T);
   }
 
-  async addArtifact(id: string, info: ArtifactInfo, data: Buffer): Promise<void> {
-    await this.redis
-      .multi()
-      .hset(this.key(id, 'artifacts'), info.name, JSON.stringify(info))
-      .hset(this.key(id, 'artifact-data'), info.name, data)
-      .exec();
+  /**
+   * Records an artifact whose bytes are already in the artifact store, unless a quota or the job's
+   * end refuses it (then the caller removes the bytes).
+   */
+  async saveArtifact(
+    id: string,
+    caller: string,
+    artifact: StoredArtifact,
+    quota: { jobBytes: number; jobFiles: number; callerBytes: number },
+  ): Promise<SaveArtifactOutcome> {
+    const [outcome, replaced] = (await this.run(
+      SAVE_ARTIFACT,
+      [this.key(id), this.key(id, 'artifacts'), this.filesKey(), this.storedBytesKey(caller)],
+      [artifact.name, JSON.stringify(artifact), artifact.size, quota.jobBytes, quota.jobFiles, quota.callerBytes, id, caller],
+    )) as [SaveArtifactOutcome['outcome'], string?];
+    if (outcome === 'saved') return replaced ? { outcome, replaced } : { outcome };
+    return { outcome };
   }
 
-  async artifact(caller: string, id: string, name: string): Promise<{ info: ArtifactInfo; data: Buffer } | null> {
-    const [[, owner], [, info], [, data]] = (await this.redis
+  /** An artifact's metadata, for its owner only. */
+  async artifact(caller: string, id: string, name: string): Promise<StoredArtifact | null> {
+    const [[, owner], [, info]] = (await this.redis
       .multi()
       .hget(this.key(id), 'caller')
       .hget(this.key(id, 'artifacts'), name)
-      .hgetBuffer(this.key(id, 'artifact-data'), name)
-      .exec()) as [[null, string | null], [null, string | null], [null, Buffer | null]];
-    if (owner !== caller || info === null || data === null) return null;
-    return { info: JSON.parse(info) as ArtifactInfo, data };
+      .exec()) as [[null, string | null], [null, string | null]];
+    if (owner !== caller || info === null) return null;
+    return JSON.parse(info) as StoredArtifact;
+  }
+
+  /** An input file's metadata, for its owner only. */
+  async input(caller: string, id: string, name: string): Promise<InputInfo | null> {
+    const [owner, spec] = await this.redis.hmget(this.key(id), 'caller', 'spec');
+    if (owner !== caller || !spec) return null;
+    return (JSON.parse(spec) as JobSpec).inputs?.find((f) => f.name === name) ?? null;
+  }
+
+  /** Bytes the caller holds in the artifact store, as its quota counts them. */
+  async storedBytes(caller: string): Promise<number> {
+    return Number((await this.redis.get(this.storedBytesKey(caller))) ?? 0);
+  }
+
+  /** The owner of a job's stored files, or null when it has none: kept beside the record, which may expire first. */
+  async storedFilesOwner(id: string): Promise<string | null> {
+    const entry = await this.redis.hget(this.filesKey(), id);
+    return entry === null ? null : (/^\d+ (.*)$/s.exec(entry)?.[1] ?? null);
+  }
+
+  /**
+   * Removes a job's record (the caller deleted it, or its retention ended): its keys, its place in
+   * its caller's index, active set and stored-bytes tally. Its files are the caller's to remove
+   * (from the artifact store). Returns whether there was anything to remove.
+   */
+  async remove(id: string): Promise<boolean> {
+    // The owner never changes, so reading it first races nothing; the record may have expired already.
+    const caller = (await this.redis.hget(this.key(id), 'caller')) ?? (await this.storedFilesOwner(id));
+    const callerKeys =
+      caller === null
+        ? [this.key(id, 'none'), this.key(id, 'none'), this.key(id, 'none')]
+        : [this.callerKey(caller), this.activeKey(caller), this.storedBytesKey(caller)];
+    const res = await this.run(REMOVE, [this.filesKey(), this.retentionKey(), ...callerKeys, ...this.allKeys(id)], [id]);
+    return res === 1;
+  }
+
+  /** Jobs whose retention ended by `now` and that still have stored files: for the retention sweep. */
+  async dueForRemoval(now: Date, limit: number): Promise<string[]> {
+    return this.redis.zrangebyscore(this.retentionKey(), '-inf', now.getTime(), 'LIMIT', 0, limit);
   }
 
   /** Ends a job unless it has already ended, and frees its place among its caller's active jobs; returns whether this call ended it. */
@@ -408,7 +598,7 @@ export class JobStore {
     // The caller names the active set; it never changes, so reading it first races nothing.
     const caller = await this.redis.hget(this.key(id), 'caller');
     if (caller === null) return false;
-    const keys = [this.activeKey(caller), ...this.allKeys(id), this.key(id, 'artifact-data')];
+    const keys = [this.activeKey(caller), this.filesKey(), this.retentionKey(), ...this.allKeys(id)];
     const res = await this.run(FINISH, keys, [
       outcome.status,
       now.toISOString(),
@@ -419,6 +609,8 @@ export class JobStore {
       this.retentionSeconds,
       EVENTS_MAXLEN,
       id,
+      now.getTime() + this.retentionSeconds * 1000,
+      BACKSTOP_EXPIRY_S,
     ]);
     return res === 1;
   }
@@ -469,6 +661,10 @@ function toView(id: string, hash: Record<string, string>, steps: string[], artif
     error: parseJson(hash.error),
     usage: { inputTokens: Number(hash.inputTokens ?? 0), outputTokens: Number(hash.outputTokens ?? 0) },
     steps: steps.map((s) => JSON.parse(s) as Step),
-    artifacts: artifacts.map((a) => JSON.parse(a) as ArtifactInfo).sort((a, b) => a.name.localeCompare(b.name)),
+    inputs: spec.inputs ?? [],
+    // Where the bytes are is the store's business, not the client's.
+    artifacts: artifacts
+      .map((a) => (({ file: _file, ...info }: StoredArtifact): ArtifactInfo => info)(JSON.parse(a) as StoredArtifact))
+      .sort((a, b) => a.name.localeCompare(b.name)),
   };
 }

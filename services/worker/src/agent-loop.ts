@@ -4,7 +4,7 @@ import type { Logger } from '../../shared/src/logger';
 import type { ChatMessage, ModelProvider, ToolResult } from './providers/model-provider';
 import type { SandboxSession } from './sandbox/types';
 import { runToolCall, toolSpecs } from './tools/registry';
-import type { Tool } from './tools/tool';
+import type { ArtifactSink, Tool } from './tools/tool';
 
 /** The conversation so far, saved after every step so a retried job resumes instead of starting over. */
 export interface Checkpoint {
@@ -18,6 +18,7 @@ export interface AgentLoopDeps {
   tools: readonly Tool[];
   store: JobStore;
   sandbox: SandboxSession;
+  artifacts: ArtifactSink;
   allowedDirs: string[];
   sandboxTimeoutMs: number;
   maxOutputTokens: number;
@@ -46,7 +47,7 @@ export async function runAgentLoop(
 ): Promise<string> {
   const { provider, store, logger } = deps;
   const saved = await store.checkpoint<Checkpoint>(jobId);
-  const cp: Checkpoint = saved ?? { messages: [{ role: 'user', content: spec.task }], nextStepIndex: 0, modelCalls: 0 };
+  const cp: Checkpoint = saved ?? { messages: [{ role: 'user', content: firstMessage(spec) }], nextStepIndex: 0, modelCalls: 0 };
   if (saved) logger.info({ event: 'job.resumed', step: cp.nextStepIndex, modelCalls: cp.modelCalls }, 'resuming from checkpoint');
   let interpreterLost = saved !== null && usedCodeExecutor(cp.messages);
   const tools = deps.tools.filter((t) => spec.tools.includes(t.name as JobSpec['tools'][number]));
@@ -67,8 +68,10 @@ export async function runAgentLoop(
           signal,
           logger,
           sandbox: deps.sandbox,
+          artifacts: deps.artifacts,
           allowedDirs: deps.allowedDirs,
           execTimeoutMs: Math.max(1, Math.min(deps.sandboxTimeoutMs, deadline.getTime() - Date.now())),
+          stepIndex: cp.nextStepIndex + steps.length,
         });
         let output = outcome.output;
         if (call.name === 'code_executor' && interpreterLost && !outcome.detail?.reset) {
@@ -129,6 +132,17 @@ export async function runAgentLoop(
     logger.debug({ event: 'model.replied', step: step.index, toolCalls: reply.toolCalls.length, ms: step.durationMs }, 'model replied');
     if (reply.toolCalls.length === 0) return reply.text;
   }
+}
+
+/**
+ * The task, and the job's input files when it has some: the model cannot list /input (the file tools
+ * read only the allowed dirs), so it is told what is there.
+ */
+export function firstMessage(spec: Pick<JobSpec, 'task' | 'inputs'>): string {
+  const inputs = spec.inputs ?? [];
+  if (inputs.length === 0) return spec.task;
+  const lines = inputs.map((f) => `- /input/${f.name} (${f.size} bytes, ${f.contentType})`);
+  return `${spec.task}\n\nFiles given with this task, read-only in the code_executor sandbox:\n${lines.join('\n')}`;
 }
 
 function usedCodeExecutor(messages: ChatMessage[]): boolean {

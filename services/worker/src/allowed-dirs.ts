@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../../shared/src/config';
-import { RUNNER_PATH } from './sandbox/container-spec';
+import { INPUT_DIR, RUNNER_PATH } from './sandbox/container-spec';
 import { isInside } from './tools/path-guard';
 
 /**
@@ -27,6 +27,8 @@ const FORBIDDEN: readonly { path: string; why: string }[] = [
   // The sandbox mounts its own tmpfs there; on the host it holds other processes' files.
   { path: '/tmp', why: "the sandbox's scratch space and the host's shared temp dir" },
   { path: path.posix.dirname(RUNNER_PATH), why: "the sandbox's runner" },
+  // A job's input files are mounted there, read-only, in the sandbox.
+  { path: INPUT_DIR, why: "the sandbox's inputs dir" },
 ];
 
 /** /lib, /lib32, /lib64, /libx32 and whatever other library dir a distribution puts at the top. */

@@ -6,8 +6,10 @@ import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
 import { MaxStepsError, runAgentLoop } from './agent-loop';
 import type { ModelProvider } from './providers/model-provider';
-import type { SandboxSession } from './sandbox/types';
-import type { Tool } from './tools/tool';
+import type { ArtifactStore } from '../../shared/src/artifact-store';
+import type { SaveArtifactOutcome } from '../../shared/src/job-store';
+import type { Artifact, SandboxSession } from './sandbox/types';
+import type { ArtifactSink, Tool } from './tools/tool';
 
 /** Why a running job's controller was aborted. */
 export class CancelledByUser extends Error {
@@ -20,13 +22,16 @@ export class WorkerShuttingDown extends Error {
 export interface ProcessorDeps {
   store: JobStore;
   providerFor(name: JobSpec['provider']): ModelProvider;
-  sandboxFor(jobId: string, deadline: Date): SandboxSession;
+  /** The job's sandbox; `inputs` when the job has input files, to mount at /input. */
+  sandboxFor(jobId: string, deadline: Date, opts: { inputs: boolean }): SandboxSession;
+  /** Where input and artifact bytes live. */
+  files: ArtifactStore;
   tools: readonly Tool[];
   allowedDirs: string[];
   sandboxTimeoutMs: number;
   maxOutputTokens: number;
-  /** Per-job artifact caps: a job keeps at most this many files and bytes. */
-  artifactLimits: { count: number; bytes: number };
+  /** A job keeps at most `jobFiles` artifacts and `jobBytes` of them over all its attempts; its caller, `callerBytes` in all. */
+  quotas: { jobFiles: number; jobBytes: number; callerBytes: number };
   logger: Logger;
 }
 
@@ -90,7 +95,7 @@ export class JobProcessor {
     const remainingMs = deadline.getTime() - Date.now();
     const timeout = AbortSignal.timeout(Math.max(1, remainingMs));
     const signal = AbortSignal.any([controller.signal, timeout]);
-    const sandbox = this.artifactSaving(jobId, this.deps.sandboxFor(jobId, deadline), logger);
+    const sandbox = this.deps.sandboxFor(jobId, deadline, { inputs: (spec.inputs ?? []).length > 0 });
     let output: string;
     try {
       try {
@@ -100,6 +105,7 @@ export class JobProcessor {
           tools: this.deps.tools,
           store,
           sandbox,
+          artifacts: this.artifactSink(jobId, spec.caller, logger),
           allowedDirs: this.deps.allowedDirs,
           sandboxTimeoutMs: this.deps.sandboxTimeoutMs,
           maxOutputTokens: this.deps.maxOutputTokens,
@@ -159,31 +165,47 @@ export class JobProcessor {
     throw new UnrecoverableError(code);
   }
 
-  /** Keeps every artifact an execution returns with the job, within the job's caps. */
-  private artifactSaving(jobId: string, session: SandboxSession, logger: Logger): SandboxSession {
-    const { store, artifactLimits } = this.deps;
-    const kept = new Map<string, number>();
+  /**
+   * Keeps an execution's files: the bytes go to the artifact store first, then the metadata to the
+   * job if the quotas allow (one script checks and records, so concurrent executions cannot overrun
+   * them together); refused bytes are removed again. A job deleted meanwhile loses its directory.
+   */
+  private artifactSink(jobId: string, caller: string, logger: Logger): ArtifactSink {
+    const { store, files, quotas } = this.deps;
+    const mib = (bytes: number): string => `${Math.round((bytes / MIB) * 10) / 10} MiB`;
+    const reasons: Record<Exclude<SaveArtifactOutcome['outcome'], 'saved'>, string> = {
+      gone: 'the job was deleted',
+      finished: 'the job has ended',
+      job_files: `quota: this job already keeps ${quotas.jobFiles} files, the most one job may keep`,
+      job_bytes: `quota: this job's files would pass the ${mib(quotas.jobBytes)} one job may keep`,
+      caller_bytes: `quota: the files stored for this job's owner would pass their ${mib(quotas.callerBytes)} quota`,
+    };
     return {
-      close: () => session.close(),
-      run: async (code, opts) => {
-        const result = await session.run(code, opts);
-        const saved: typeof result.artifacts = [];
-        // One look-up per execution, not per file: every artifact of it belongs to the same step.
-        const step = result.artifacts.length > 0 ? await store.stepCount(jobId) : 0;
-        for (const artifact of result.artifacts) {
-          const total = [...kept.values()].reduce((a, b) => a + b, 0) - (kept.get(artifact.name) ?? 0);
-          if ((!kept.has(artifact.name) && kept.size >= artifactLimits.count) || total + artifact.size > artifactLimits.bytes) {
-            result.skippedArtifacts.push({ name: artifact.name, reason: 'the job keeps no more artifacts' });
+      save: async (artifacts, step) => {
+        const saved: Artifact[] = [];
+        const skipped: { name: string; reason: string }[] = [];
+        for (const artifact of artifacts) {
+          const bytes = await files.putArtifact(jobId, artifact.data);
+          const info = { name: artifact.name, size: bytes.size, contentType: artifact.contentType, sha256: bytes.sha256, step, file: bytes.file };
+          const result = await store.saveArtifact(jobId, caller, info, quotas).catch(async (err: unknown) => {
+            await files.removeArtifact(jobId, bytes.file);
+            throw err;
+          });
+          if (result.outcome === 'saved') {
+            if (result.replaced) await files.removeArtifact(jobId, result.replaced);
+            saved.push(artifact);
             continue;
           }
-          kept.set(artifact.name, artifact.size);
-          saved.push(artifact);
-          await store.addArtifact(jobId, { name: artifact.name, size: artifact.size, contentType: artifact.contentType, step }, artifact.data);
+          await (result.outcome === 'gone' ? files.removeJob(jobId) : files.removeArtifact(jobId, bytes.file));
+          skipped.push({ name: artifact.name, reason: reasons[result.outcome] });
         }
-        result.artifacts = saved;
-        if (result.artifacts.length > 0) logger.debug({ event: 'artifacts.saved', count: result.artifacts.length }, 'artifacts saved');
-        return result;
+        if (saved.length > 0 || skipped.length > 0) {
+          logger.debug({ event: 'artifacts.saved', step, saved: saved.length, refused: skipped.length }, 'artifacts saved');
+        }
+        return { saved, skipped };
       },
     };
   }
 }
+
+const MIB = 1024 * 1024;

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
+import { DirectoryArtifactStore } from '../../shared/src/artifact-store';
 import { ConfigError, type Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
@@ -18,6 +19,8 @@ import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
 import { createRedisWatcher, type RedisWatcher } from '../../shared/src/redis-watch';
 import { validateAllowedDirs, type ValidatedAllowedDirs } from './allowed-dirs';
 import { CODE_DIR } from './worker-config';
+import { hostPathOf } from './host-path';
+import { RetentionSweeper } from './retention';
 import { JobProcessor, WorkerShuttingDown } from './job-processor';
 import { configuredProviders, createProvider, type ProvidersConfig } from './providers';
 import type { ModelProvider } from './providers/model-provider';
@@ -31,6 +34,12 @@ const HEARTBEAT_TTL_S = 15;
 const HEARTBEAT_EVERY_MS = 5000;
 /** How long past the longest job a sandbox may live, and an assignment record outlive its deadline. */
 const ASSIGNMENT_MARGIN_MS = 10 * 60_000;
+const MIB = 1024 * 1024;
+/** Files one execution may hand back, and one job keep: bounds on metadata, where the quotas bound bytes. */
+const ARTIFACT_FILES_PER_EXECUTION = 20;
+const ARTIFACT_FILES_PER_JOB = 100;
+/** How often the artifact store is checked for files no job owns (a crash's leftovers). */
+const ORPHAN_SCAN_EVERY_MS = 10 * 60_000;
 
 
 /**
@@ -76,6 +85,11 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   redisWatcher.watch(redis, 'main');
   redisWatcher.watch(subscriber, 'subscriber');
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
+  const files = new DirectoryArtifactStore(config.ARTIFACT_DIR, config.MAESTRO_PREFIX);
+  await files.init().catch(async (err: unknown) => {
+    await Promise.all([closeRedis(subscriber), closeRedis(redis)]);
+    throw new ConfigError(`invalid ARTIFACT_DIR: cannot create or write to it (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  });
   const deploymentId = await deploymentIdOf(redis, config.MAESTRO_PREFIX);
   const docker = dockerClient(config.DOCKER_HOST);
   await docker.ping().catch((err: unknown) => {
@@ -96,6 +110,10 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     );
   }
 
+  // The engine resolves a bind mount's source on its own host: where ARTIFACT_DIR is there, when
+  // this worker runs in a container (a compose volume) rather than on that host.
+  const hostFiles = new DirectoryArtifactStore(await hostPathOf(docker, config.ARTIFACT_DIR), config.MAESTRO_PREFIX);
+
   const sandboxes = new SandboxManager({
     docker,
     logger,
@@ -110,6 +128,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       allowedDirs,
       readOnlySubmounts: allowed.readOnlyMounts,
       outputLimitBytes: config.SANDBOX_OUTPUT_LIMIT_KB * 1024,
+      artifactBytesPerExecution: config.ARTIFACT_QUOTA_MB_PER_EXECUTION * MIB,
+      artifactFilesPerExecution: ARTIFACT_FILES_PER_EXECUTION,
       tmpSizeMb: config.SANDBOX_TMP_MB,
       workerId,
       deploymentId,
@@ -142,8 +162,15 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     deploymentId,
     maxAgeMs: config.JOB_MAX_TIMEOUT_SECONDS * 1000 + ASSIGNMENT_MARGIN_MS,
   });
+  const retention = new RetentionSweeper({
+    store,
+    files,
+    logger,
+    orphanScanEvery: Math.max(1, Math.round(ORPHAN_SCAN_EVERY_MS / config.REAPER_INTERVAL_MS)),
+  });
   const sweep = (): void => {
     reaper.sweep().catch((err: unknown) => logger.warn({ event: 'reaper.failed', message: (err as Error).message }, 'reaper sweep failed'));
+    retention.sweep().catch((err: unknown) => logger.warn({ event: 'retention.failed', message: (err as Error).message }, 'retention sweep failed'));
   };
   sweep();
   const reaperTimer = setInterval(sweep, config.REAPER_INTERVAL_MS);
@@ -166,12 +193,18 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
       }
       return provider;
     },
-    sandboxFor: (jobId, deadline) => sandboxes.session(jobId, { deadline }),
+    sandboxFor: (jobId, deadline, { inputs }) =>
+      sandboxes.session(jobId, { deadline, ...(inputs ? { inputsHostDir: hostFiles.inputsDir(jobId) } : {}) }),
+    files,
     tools: ALL_TOOLS,
     allowedDirs,
     sandboxTimeoutMs: config.SANDBOX_TIMEOUT_MS,
     maxOutputTokens: config.MODEL_MAX_OUTPUT_TOKENS,
-    artifactLimits: { count: 50, bytes: 50 * 1024 * 1024 },
+    quotas: {
+      jobFiles: ARTIFACT_FILES_PER_JOB,
+      jobBytes: config.ARTIFACT_QUOTA_MB_PER_JOB * MIB,
+      callerBytes: config.ARTIFACT_QUOTA_MB_PER_CALLER * MIB,
+    },
     logger,
   });
 

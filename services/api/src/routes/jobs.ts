@@ -1,15 +1,19 @@
 import { createHash } from 'node:crypto';
-import { Router, type Request } from 'express';
+import { Router, type Request, type Response } from 'express';
 import type { Queue } from 'bullmq';
 import { z } from 'zod';
+import type { ArtifactStore } from '../../../shared/src/artifact-store';
 import type { Config } from '../../../shared/src/config';
 import { AppError, ConflictError, NotFoundError, ValidationError } from '../../../shared/src/errors';
 import { JOB_ID_PATTERN, newJobId } from '../../../shared/src/ids';
-import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type JobSpec } from '../../../shared/src/job-schema';
+import { inputNameProblem } from '../../../shared/src/file-names';
+import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type InputInfo, type JobSpec } from '../../../shared/src/job-schema';
 import type { JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
 import { cancelChannel, type QueuedJobData } from '../../../shared/src/queue';
 import { parseOrThrow } from '../../../shared/src/validation';
+import { sendDownload } from '../file-download';
+import { discardUpload, readJobUpload, type UploadedFile } from '../job-upload';
 import { sendProblem } from '../problem';
 import { jobEventsHandler } from './job-events';
 import type { Redis } from 'ioredis';
@@ -18,6 +22,8 @@ import type { RedisWatcher } from '../../../shared/src/redis-watch';
 export interface JobsRouterDeps {
   config: Config;
   store: JobStore;
+  /** Where inputs are written and artifacts read from. */
+  files: ArtifactStore;
   queue: Queue<QueuedJobData>;
   redis: Redis;
   logger: Logger;
@@ -32,6 +38,11 @@ export const listQuerySchema = z.strictObject({
 });
 
 const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+const MIB = 1024 * 1024;
+
+function formatBytes(bytes: number): string {
+  return bytes < MIB ? `${bytes} bytes` : `${Math.round((bytes / MIB) * 10) / 10} MiB`;
+}
 
 /** `Idempotency-Key`: absent, or 1–255 visible ASCII characters. */
 function parseIdempotencyKey(raw: string | undefined): string | undefined {
@@ -71,7 +82,12 @@ function jobIdParam(req: Request): string {
 }
 
 export function jobsRouter(deps: JobsRouterDeps): Router {
-  const { config, store, queue, redis, logger } = deps;
+  const { config, store, files, queue, redis, logger } = deps;
+  const uploadLimits = {
+    maxFiles: config.JOB_INPUT_MAX_FILES,
+    maxTotalBytes: config.JOB_INPUT_MAX_MB * MIB,
+    maxJobBytes: config.BODY_LIMIT_KB * 1024,
+  };
   const requestSchema = createJobRequestSchema({
     maxSteps: config.JOB_MAX_STEPS_LIMIT,
     maxTimeoutSeconds: config.JOB_MAX_TIMEOUT_SECONDS,
@@ -79,12 +95,38 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
   const router = Router();
 
   router.post('/', async (req, res) => {
-    if (!req.is('application/json')) {
-      throw new AppError({ code: 'unsupported_media_type', status: 415, detail: 'Send the job as Content-Type: application/json.' });
+    const multipart = req.is('multipart/form-data') !== false;
+    if (!multipart && !req.is('application/json')) {
+      throw new AppError({
+        code: 'unsupported_media_type',
+        status: 415,
+        detail: 'Send the job as Content-Type: application/json, or as multipart/form-data with a `job` part and input files.',
+      });
     }
     const idempotencyKey = parseIdempotencyKey(req.get('idempotency-key'));
-    const body = parseOrThrow(requestSchema, req.body, 'job');
+    if (!multipart) {
+      await createJob(req, res, req.body, [], idempotencyKey);
+      return;
+    }
+    const upload = await readJobUpload(req, { limits: uploadLimits, tempDir: files.uploadDir() });
+    try {
+      await createJob(req, res, upload.job, upload.files, idempotencyKey);
+    } finally {
+      // Adopted files have moved into their job; whatever is left here belongs to no job.
+      await discardUpload(upload.files);
+    }
+  });
+
+  /** Creates and enqueues a job from its request, with its uploaded input files (none for a JSON request). */
+  async function createJob(_req: Request, res: Response, raw: unknown, uploads: readonly UploadedFile[], idempotencyKey: string | undefined): Promise<void> {
+    const body = parseOrThrow(requestSchema, raw, 'job');
     const caller = res.locals.caller as string;
+    const inputs: InputInfo[] = uploads.map(({ name, size, contentType, sha256 }) => ({ name, size, contentType, sha256 }));
+    if (inputs.length > 0 && body.tools !== undefined && !body.tools.includes('code_executor')) {
+      throw new ValidationError('Input files are read with code_executor: enable that tool, or send the job without files.', [
+        { field: 'tools', message: 'must include code_executor when the job has input files' },
+      ]);
+    }
     const provider = body.provider ?? config.DEFAULT_PROVIDER;
     const spec: JobSpec = {
       task: body.task,
@@ -95,12 +137,26 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       maxSteps: body.maxSteps,
       timeoutSeconds: body.timeoutSeconds,
       metadata: body.metadata ?? {},
+      inputs,
       caller,
     };
-    const created = await store.create(newJobId(), spec, new Date(), {
-      maxActive: config.CALLER_MAX_ACTIVE_JOBS,
-      ...(idempotencyKey === undefined ? {} : { idempotency: { key: idempotencyKey, fingerprint: fingerprint(body), ttlSeconds: IDEMPOTENCY_TTL_SECONDS } }),
-    });
+    const newId = newJobId();
+    // The files are in place before the job exists, so no worker can start it without them.
+    if (uploads.length > 0) await files.adoptInputs(newId, uploads);
+    let created;
+    try {
+      // A JSON request's fingerprint is its body's, as it has always been; an upload's covers its files too.
+      const print = uploads.length === 0 ? fingerprint(body) : fingerprint({ job: body, inputs: inputs.map((f) => [f.name, f.sha256]) });
+      created = await store.create(newId, spec, new Date(), {
+        maxActive: config.CALLER_MAX_ACTIVE_JOBS,
+        storageQuotaBytes: config.ARTIFACT_QUOTA_MB_PER_CALLER * MIB,
+        ...(idempotencyKey === undefined ? {} : { idempotency: { key: idempotencyKey, fingerprint: print, ttlSeconds: IDEMPOTENCY_TTL_SECONDS } }),
+      });
+    } catch (err) {
+      if (uploads.length > 0) await files.removeJob(newId);
+      throw err;
+    }
+    if (created.outcome !== 'created' && uploads.length > 0) await files.removeJob(newId);
     if (created.outcome === 'conflict') {
       throw new ConflictError('This Idempotency-Key was already used with a different request body.', 'idempotency_key_reused');
     }
@@ -118,6 +174,16 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
         429,
         'too_many_active_jobs',
         `You have ${created.active} queued or running jobs, the most CALLER_MAX_ACTIVE_JOBS (${config.CALLER_MAX_ACTIVE_JOBS}) allows; submit this one when one of them ends.`,
+      );
+      return;
+    }
+    if (created.outcome === 'quota') {
+      const total = inputs.reduce((sum, f) => sum + f.size, 0);
+      sendProblem(
+        res,
+        413,
+        'storage_quota_exceeded',
+        `These input files (${formatBytes(total)}) would take your stored files (${formatBytes(created.stored)} now) past your quota of ${config.ARTIFACT_QUOTA_MB_PER_CALLER} MiB (ARTIFACT_QUOTA_MB_PER_CALLER); delete jobs you no longer need.`,
       );
       return;
     }
@@ -139,9 +205,9 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       if (idempotencyKey !== undefined) await store.releaseIdempotencyKey(caller, idempotencyKey).catch(() => undefined);
       throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
     }
-    logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model }, 'job created');
+    logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model, inputs: inputs.length }, 'job created');
     res.status(202).location(`/v1/jobs/${id}`).json(created.job);
-  });
+  }
 
   router.get('/', async (req, res) => {
     const query = parseOrThrow(listQuerySchema, req.query, 'query');
@@ -153,6 +219,23 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     const job = await store.getFor(res.locals.caller as string, jobIdParam(req));
     if (!job) throw new NotFoundError('No such job.');
     res.json(job);
+  });
+
+  router.delete('/:id', async (req, res) => {
+    const id = jobIdParam(req);
+    const caller = res.locals.caller as string;
+    if ((await store.owner(id)) !== caller) throw new NotFoundError('No such job.');
+    // Stopped first, so that no worker goes on writing for it; whatever a late worker still tries
+    // to write finds no job and is dropped (see job-store).
+    const before = await store.requestCancel(id);
+    if (before === 'queued' || before === 'running') {
+      await queue.remove(id);
+      await redis.publish(cancelChannel(config.MAESTRO_PREFIX), id);
+    }
+    await store.remove(id);
+    await files.removeJob(id);
+    logger.info({ event: 'job.deleted', jobId: id, caller, status: before }, 'job deleted');
+    res.status(204).end();
   });
 
   router.post('/:id/cancel', async (req, res) => {
@@ -197,15 +280,16 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     if (name.length === 0 || name.length > 1024) throw new NotFoundError('No such artifact.');
     const artifact = await store.artifact(res.locals.caller as string, id, name);
     if (!artifact) throw new NotFoundError('No such artifact.');
-    // Artifacts are made by untrusted code: never rendered as a page of this origin.
-    res.set({
-      'Content-Type': artifact.info.contentType,
-      'Content-Length': String(artifact.data.length),
-      'Content-Disposition': `attachment; filename*=UTF-8''${encodeURIComponent(name.split('/').pop() ?? 'artifact')}`,
-      'Content-Security-Policy': "default-src 'none'; sandbox",
-      'Cache-Control': 'private, max-age=0',
-    });
-    res.end(artifact.data);
+    await sendDownload(req, res, artifact, (range) => files.open(id, { kind: 'artifact', file: artifact.file }, range));
+  });
+
+  router.get('/:id/inputs/:name', async (req, res) => {
+    const id = jobIdParam(req);
+    const name = req.params.name as string;
+    if (inputNameProblem(name) !== null) throw new NotFoundError('No such input file.');
+    const input = await store.input(res.locals.caller as string, id, name);
+    if (!input) throw new NotFoundError('No such input file.');
+    await sendDownload(req, res, input, (range) => files.open(id, { kind: 'input', name }, range));
   });
 
   return router;

@@ -1,4 +1,6 @@
+import path from 'node:path';
 import type Dockerode from 'dockerode';
+import { SandboxError } from '../../../shared/src/errors';
 import { SECCOMP_SECURITY_OPT } from './seccomp-profile';
 import type { SandboxSettings } from './types';
 
@@ -16,9 +18,13 @@ export const LABEL = {
 export const SANDBOX_ROLE = 'sandbox';
 export const SANDBOX_UID = 65534;
 export const OUTPUT_DIR = '/output';
+/** Where a job's input files appear in its sandbox, read-only. */
+export const INPUT_DIR = '/input';
 export const RUNNER_PATH = '/opt/maestro/runner.py';
 
 const MIB = 1024 * 1024;
+/** The most one artifact file may be, whatever the per-execution quota (runner.py has the same default). */
+export const MAX_ARTIFACT_FILE_BYTES = 10 * MIB;
 const NOFILE = 1024;
 // Under runc RLIMIT_NPROC counts every process of the uid on the host, and all sandboxes share uid
 // 65534, so a per-container value would let one busy job starve the others; the cgroup PIDs limit
@@ -39,6 +45,34 @@ export interface SandboxContainerLabels {
   deadline?: Date;
 }
 
+/** What one sandbox container mounts beyond what every sandbox of the worker mounts. */
+export interface SandboxContainerMounts {
+  /**
+   * Absolute path, on the Docker host, of the job's input files: bind-mounted read-only at INPUT_DIR.
+   * Unset for a job without inputs, and for every pool container.
+   */
+  inputsHostDir?: string;
+}
+
+/** What one execution may hand back from the output dir; the runner and the worker both hold to it. */
+export interface ArtifactLimits {
+  /** Most files one execution hands back. */
+  files: number;
+  /** Most bytes of all of them together. */
+  totalBytes: number;
+  /** Most bytes of one file: the smaller of the total and MAX_ARTIFACT_FILE_BYTES. */
+  fileBytes: number;
+}
+
+/** The per-execution artifact limits of these settings; throws when a setting is not a whole number >= 0. Pure. */
+export function artifactLimits(settings: Pick<SandboxSettings, 'artifactBytesPerExecution' | 'artifactFilesPerExecution'>): ArtifactLimits {
+  const { artifactBytesPerExecution: totalBytes, artifactFilesPerExecution: files } = settings;
+  for (const [name, value] of [['artifactBytesPerExecution', totalBytes], ['artifactFilesPerExecution', files]] as const) {
+    if (!Number.isSafeInteger(value) || value < 0) throw new SandboxError(`the sandbox setting ${name} must be a whole number >= 0, not ${String(value)}`, { retryable: false });
+  }
+  return { files, totalBytes, fileBytes: Math.min(totalBytes, MAX_ARTIFACT_FILE_BYTES) };
+}
+
 /** Labels of a sandbox container of this worker: whatever is created outside the process is labelled. */
 export function sandboxLabels(settings: SandboxSettings, labels: SandboxContainerLabels): Record<string, string> {
   const out: Record<string, string> = {
@@ -52,18 +86,41 @@ export function sandboxLabels(settings: SandboxSettings, labels: SandboxContaine
   return out;
 }
 
-/** The hardened create options of one sandbox container (docs/architecture.md, "The sandbox"; SECURITY.md). Pure. */
-export function buildContainerSpec(settings: SandboxSettings, labels: SandboxContainerLabels): Dockerode.ContainerCreateOptions {
+/** The inputs dir as the engine must get it: absolute and normalised, so what is checked is what is mounted. */
+function checkedInputsHostDir(dir: string): string {
+  const trimmed = dir.length > 1 ? dir.replace(/\/$/, '') : dir;
+  if (dir.includes('\0') || !path.posix.isAbsolute(dir) || trimmed === '/' || path.posix.normalize(trimmed) !== trimmed) {
+    throw new SandboxError(`the job's inputs dir must be an absolute, normalised path below the root, not ${JSON.stringify(dir)}`, { retryable: false });
+  }
+  return trimmed;
+}
+
+/**
+ * The hardened create options of one sandbox container (docs/architecture.md, "The sandbox"; SECURITY.md).
+ * `mounts.inputsHostDir`, when set, is bound read-only at INPUT_DIR. Pure.
+ */
+export function buildContainerSpec(
+  settings: SandboxSettings,
+  labels: SandboxContainerLabels,
+  mounts: SandboxContainerMounts = {},
+): Dockerode.ContainerCreateOptions {
+  const limits = artifactLimits(settings);
+  const inputsHostDir = mounts.inputsHostDir === undefined ? undefined : checkedInputsHostDir(mounts.inputsHostDir);
   const tmpfsOptions = `noexec,nosuid,nodev,size=${settings.tmpSizeMb}m,mode=1777`;
   const containerLabels = sandboxLabels(settings, labels);
   const fsizeBytes = settings.tmpSizeMb * MIB;
   const nproc = settings.runtime === 'runsc' ? settings.pids : settings.pids * RUNC_NPROC_FACTOR;
   return {
     Image: settings.image,
-    // Explicit, so a rebuilt image cannot change what runs; the limit reaches the runner as argv
+    // Explicit, so a rebuilt image cannot change what runs; the limits reach the runner as argv
     // because the container gets no environment from the worker.
     Entrypoint: ['/usr/bin/python3', '-u', RUNNER_PATH],
-    Cmd: ['--limit', String(settings.outputLimitBytes)],
+    Cmd: [
+      '--limit', String(settings.outputLimitBytes),
+      '--artifact-files', String(limits.files),
+      '--artifact-bytes', String(limits.totalBytes),
+      '--artifact-file-bytes', String(limits.fileBytes),
+    ],
     User: `${SANDBOX_UID}:${SANDBOX_UID}`,
     WorkingDir: OUTPUT_DIR,
     Hostname: 'sandbox',
@@ -99,6 +156,11 @@ export function buildContainerSpec(settings: SandboxSettings, labels: SandboxCon
           ReadOnly: true,
           BindOptions: { Propagation: 'rprivate' as const },
         })),
+        // The job's input files, read-only like the allowed dirs; no allowed dir can be at or under
+        // INPUT_DIR (allowed-dirs.ts). No propagation is given: the engine then uses rprivate, or
+        // rslave for a source inside its own root (a named volume of the worker's container, see
+        // host-path.ts), where it refuses rprivate. Nothing mounts below a job's inputs dir.
+        ...(inputsHostDir === undefined ? [] : [{ Type: 'bind' as const, Source: inputsHostDir, Target: INPUT_DIR, ReadOnly: true }]),
       ],
       // mode=1777: the tmpfs is created root-owned and the runner runs as 65534 (checked under runc
       // and runsc; runc copies the mode of the image's dir, which is 1777 too).

@@ -5,15 +5,12 @@
  * within fixed bounds; a message a real runner would never send is a protocol violation.
  */
 import { contentTypeOf } from '../../../shared/src/content-type';
+import type { ArtifactLimits } from './container-spec';
 import type { Artifact, ExecResult } from './types';
 
 const MIB = 1024 * 1024;
 /** Longest protocol line: a data line holds 1 MiB of base64; the result line two capped streams. */
 export const MAX_LINE_BYTES = 4 * MIB;
-/** Bounds the runner keeps too (runner.py): a real runner never exceeds them. */
-const MAX_FILES = 20;
-const MAX_FILE_BYTES = 10 * MIB;
-const MAX_TOTAL_BYTES = 25 * MIB;
 const MAX_SKIPPED = 50;
 const MAX_NAME_BYTES = 255;
 const MAX_REASON_CHARS = 200;
@@ -69,9 +66,11 @@ export class CellAnswer {
   private received = 0;
   private expected = 0;
 
+  /** `limits`: the ones the runner was started with (its argv); a real runner never exceeds them. */
   constructor(
     private readonly id: number,
     private readonly outputLimitBytes: number,
+    private readonly limits: ArtifactLimits,
   ) {}
 
   accept(msg: Record<string, unknown>): CellOutcome | undefined {
@@ -121,17 +120,17 @@ export class CellAnswer {
   /** The listing must be what a real runner sends: it decides how many bytes are read next. */
   private fileList(files: unknown): { name: string; size: number }[] {
     if (files === undefined) return [];
-    if (!Array.isArray(files) || files.length > MAX_FILES) throw new ProtocolViolation('the sandbox listed too many files');
+    if (!Array.isArray(files) || files.length > this.limits.files) throw new ProtocolViolation('the sandbox listed too many files');
     let total = 0;
     const listed = (files as unknown[]).map((f) => {
       const { name, size } = (f ?? {}) as Record<string, unknown>;
-      if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || size > MAX_FILE_BYTES) {
+      if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || size > this.limits.fileBytes) {
         throw new ProtocolViolation('the sandbox listed a file of an impossible size');
       }
       total += size;
       return { name: typeof name === 'string' && isCleanName(name) ? name : '', size };
     });
-    if (total > MAX_TOTAL_BYTES) throw new ProtocolViolation('the sandbox listed more bytes than allowed');
+    if (total > this.limits.totalBytes) throw new ProtocolViolation('the sandbox listed more bytes than allowed');
     return listed;
   }
 

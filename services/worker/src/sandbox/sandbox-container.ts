@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type Dockerode from 'dockerode';
 import { SandboxError } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/logger';
-import { buildContainerSpec, type SandboxContainerLabels } from './container-spec';
+import { artifactLimits, buildContainerSpec, type ArtifactLimits, type SandboxContainerLabels, type SandboxContainerMounts } from './container-spec';
 import { LineReader } from './line-reader';
 import { CellAnswer, MAX_LINE_BYTES, parseLine, ProtocolViolation, type CellOutcome } from './runner-protocol';
 import type { SandboxSettings } from './types';
@@ -43,6 +43,7 @@ export class SandboxContainer {
   private removal: Promise<void> | undefined;
   private killing: Promise<void> | undefined;
   private onLost: (() => void) | undefined;
+  private readonly artifactLimits: ArtifactLimits;
 
   private constructor(
     private readonly container: Dockerode.Container,
@@ -51,6 +52,7 @@ export class SandboxContainer {
     private readonly settings: SandboxSettings,
     private readonly logger: Logger,
   ) {
+    this.artifactLimits = artifactLimits(settings);
     this.reader = new LineReader(
       MAX_LINE_BYTES,
       (line) => this.onLine(line),
@@ -82,20 +84,28 @@ export class SandboxContainer {
     else this.onLost = listener;
   }
 
-  /** Creates, attaches (before start, so no output is lost), starts and waits for the ready line. */
+  /**
+   * Creates, attaches (before start, so no output is lost), starts and waits for the ready line.
+   * `mounts` adds what only this container mounts (a job's inputs).
+   */
   static async launch(opts: {
     docker: Dockerode;
     settings: SandboxSettings;
     labels: SandboxContainerLabels;
+    mounts?: SandboxContainerMounts;
     logger: Logger;
     readyTimeoutMs?: number;
   }): Promise<SandboxContainer> {
     const { docker, settings, logger } = opts;
     let container: Dockerode.Container;
     try {
-      container = await docker.createContainer(buildContainerSpec(settings, opts.labels));
+      container = await docker.createContainer(buildContainerSpec(settings, opts.labels, opts.mounts));
     } catch (err) {
       if (err instanceof SandboxError) throw err;
+      const inputs = opts.mounts?.inputsHostDir;
+      if (inputs !== undefined && engineStatus(err) === 400 && /bind source path does not exist/.test((err as Error).message)) {
+        throw new SandboxError(`the job's inputs dir ${inputs} does not exist on the Docker host`, { retryable: false, cause: err });
+      }
       throw new SandboxError('could not create a sandbox container', { cause: err });
     }
     let sandbox: SandboxContainer | undefined;
@@ -127,7 +137,7 @@ export class SandboxContainer {
     if (this.lost) return this.lostOutcome(false);
     if (this.waiter) throw new SandboxError('the sandbox is already running a cell', { retryable: false });
     const id = ++this.seq;
-    const answer = new CellAnswer(id, this.settings.outputLimitBytes);
+    const answer = new CellAnswer(id, this.settings.outputLimitBytes, this.artifactLimits);
     const done = this.waitFor(opts.timeoutMs, opts.signal, (msg) => answer.accept(msg));
     this.stream.write(`${JSON.stringify({ id, code, limit: this.settings.outputLimitBytes })}\n`);
     try {

@@ -1,7 +1,7 @@
 import type Dockerode from 'dockerode';
 import { SandboxError } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/logger';
-import type { SandboxContainerLabels } from './container-spec';
+import { artifactLimits, type SandboxContainerLabels, type SandboxContainerMounts } from './container-spec';
 import type { SandboxAssignment } from './reaper';
 import { SandboxContainer } from './sandbox-container';
 import { SandboxPool } from './sandbox-pool';
@@ -34,6 +34,8 @@ export class SandboxManager {
       assign?: (containerId: string, assignment: SandboxAssignment) => Promise<void>;
     },
   ) {
+    // Checked once here, so bad settings stop the worker at start rather than fail every launch.
+    artifactLimits(opts.settings);
     this.logger = opts.logger.child({ component: 'sandbox' });
     this.pool = new SandboxPool({
       size: opts.settings.poolSize,
@@ -90,12 +92,18 @@ export class SandboxManager {
     return this.pool.fill();
   }
 
-  /** The sandbox of one job; no container is taken until its first run. */
-  session(jobId: string, opts: { deadline: Date }): SandboxSession {
+  /**
+   * The sandbox of one job; no container is taken until its first run. With `inputsHostDir` (a
+   * directory on the Docker host, see hostPathOf) the job's files are mounted read-only at /input:
+   * mounts are fixed when a container is created, so such a job gets a container of its own, never
+   * one from the pool, and so does every container that replaces it after a reset.
+   */
+  session(jobId: string, opts: { deadline: Date; inputsHostDir?: string }): SandboxSession {
     const logger = this.logger.child({ jobId });
+    const mounts: SandboxContainerMounts = opts.inputsHostDir === undefined ? {} : { inputsHostDir: opts.inputsHostDir };
     return new JobSandboxSession({
       logger,
-      acquire: (signal) => this.acquire({ jobId, created: new Date(), deadline: opts.deadline }, signal),
+      acquire: (signal) => this.acquire({ jobId, created: new Date(), deadline: opts.deadline }, mounts, signal),
       release: (container) => this.release(container),
     });
   }
@@ -114,10 +122,12 @@ export class SandboxManager {
     return this.closing;
   }
 
-  private async acquire(labels: SandboxContainerLabels, signal: AbortSignal): Promise<SandboxContainer> {
+  private async acquire(labels: SandboxContainerLabels, mounts: SandboxContainerMounts, signal: AbortSignal): Promise<SandboxContainer> {
     signal.throwIfAborted();
     if (this.closed) throw new SandboxError('the sandbox manager is closed', { retryable: true });
-    const pending = this.opts.settings.poolSize > 0 ? this.pool.take(() => this.launch(labels)) : this.launch(labels);
+    // A pool container has no job mounts: a job that needs some gets a fresh container.
+    const pooled = this.opts.settings.poolSize > 0 && mounts.inputsHostDir === undefined;
+    const pending = pooled ? this.pool.take(() => this.launch(labels)) : this.launch(labels, mounts);
     const { assign } = this.opts;
     if (assign && labels.deadline) {
       const assignment = { jobId: labels.jobId, deadline: labels.deadline };
@@ -146,11 +156,12 @@ export class SandboxManager {
     });
   }
 
-  private launch(labels: SandboxContainerLabels): Promise<SandboxContainer> {
+  private launch(labels: SandboxContainerLabels, mounts: SandboxContainerMounts = {}): Promise<SandboxContainer> {
     const launched = SandboxContainer.launch({
       docker: this.opts.docker,
       settings: this.opts.settings,
       labels,
+      mounts,
       logger: this.logger,
     }).then(async (container) => {
       if (this.closed) {

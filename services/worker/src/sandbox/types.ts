@@ -22,6 +22,13 @@ export interface SandboxSettings {
   readOnlySubmounts: string[];
   /** Cap per stream (stdout, stderr) of what one execution returns. */
   outputLimitBytes: number;
+  /**
+   * Bytes of files one execution may hand back from the output dir, all files together (a whole
+   * number >= 0); one file is capped at the smaller of this and 10 MiB (MAX_ARTIFACT_FILE_BYTES).
+   */
+  artifactBytesPerExecution: number;
+  /** How many files one execution may hand back (a whole number >= 0). */
+  artifactFilesPerExecution: number;
   /** Size of the /tmp tmpfs and of the output-dir tmpfs. */
   tmpSizeMb: number;
   /** Identifies this worker process on the labels of every container it creates. */
@@ -53,7 +60,11 @@ export interface ExecResult {
   reset: boolean;
   /** New or changed files in the output dir after this execution. */
   artifacts: Artifact[];
-  /** Artifacts the runner saw but refused (links, too big, too many), with the reason. */
+  /**
+   * Artifacts the runner saw but refused, with the reason: a refusal for the per-execution quota starts
+   * with `quota` ("quota: over the 25 MiB this execution may save"); others name what the file is
+   * ("symbolic link", "larger than the 10 MiB one file may be").
+   */
   skippedArtifacts: { name: string; reason: string }[];
   /** Background processes the execution left running, stopped when it ended. */
   stoppedProcesses: number;

@@ -30,7 +30,8 @@ export const codeExecutorTool: Tool<z.infer<typeof input>> = {
     // Errors from run (SandboxError, abort) are infrastructure or cancellation, not the model's doing:
     // they propagate so the job can be retried or end cancelled.
     const result = await ctx.sandbox.run(code, { timeoutMs: ctx.execTimeoutMs, signal: ctx.signal });
-    return formatExecResult(result, ctx.execTimeoutMs);
+    const kept = await ctx.artifacts.save(result.artifacts, ctx.stepIndex);
+    return formatExecResult({ ...result, artifacts: kept.saved, skippedArtifacts: [...result.skippedArtifacts, ...kept.skipped] }, ctx.execTimeoutMs);
   },
 };
 

@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import type { Logger } from '../../../shared/src/logger';
-import type { SandboxSession } from '../sandbox/types';
+import type { Artifact, SandboxSession } from '../sandbox/types';
 
 export interface ToolContext {
   jobId: string;
@@ -12,6 +12,16 @@ export interface ToolContext {
   allowedDirs: string[];
   /** Per-execution time limit for code_executor, already capped by the job's deadline. */
   execTimeoutMs: number;
+  /** The index the step recording this call will have: what its artifacts name as theirs. */
+  stepIndex: number;
+  /** Where code_executor keeps the files an execution hands back. */
+  artifacts: ArtifactSink;
+}
+
+/** Keeps a job's artifacts: what it can of them, within the job's and its caller's quotas. */
+export interface ArtifactSink {
+  /** Saves an execution's files as artifacts of step `step`; says why each one it did not keep was refused. */
+  save(artifacts: readonly Artifact[], step: number): Promise<{ saved: Artifact[]; skipped: { name: string; reason: string }[] }>;
 }
 
 /** What a tool returns: the text the model sees, plus structured detail recorded on the step. */
