@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { chown, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { JOB_ID_PATTERN } from './ids';
@@ -53,6 +53,10 @@ const FILE_MODE = 0o644;
  * the sandbox user (another uid) reads the inputs through its mount; nothing in a sandbox can write
  * here. Every path is built from a job id (checked against its pattern), a store-made id, or an
  * input name already validated (inputNameProblem): never from a raw request path.
+ *
+ * Everything in the store belongs to the owner of `<root>/<prefix>`: a process running as root (an
+ * API started by root beside a worker that dropped root) hands what it creates over to that owner,
+ * or the other could not add to or remove it.
  */
 export class DirectoryArtifactStore implements ArtifactStore {
   private readonly base: string;
@@ -80,12 +84,12 @@ export class DirectoryArtifactStore implements ArtifactStore {
   }
 
   async putArtifact(jobId: string, data: Buffer): Promise<StoredBytes> {
-    const dir = join(this.jobDir(jobId), 'artifacts');
-    await mkdir(dir, { recursive: true, mode: DIR_MODE });
+    const dir = await this.makeJobDir(jobId, 'artifacts');
     const file = randomUUID();
     const temp = join(this.tmpDir(), `${jobId}-${file}`);
     const handle = await open(temp, 'wx', FILE_MODE);
     try {
+      await this.handOver(temp);
       await handle.writeFile(data);
       // On disk before the rename makes it visible, so a crash never leaves a name with no bytes.
       await handle.sync();
@@ -102,9 +106,11 @@ export class DirectoryArtifactStore implements ArtifactStore {
   }
 
   async adoptInputs(jobId: string, files: readonly { name: string; path: string }[]): Promise<void> {
-    const dir = this.inputsDir(jobId);
-    await mkdir(dir, { recursive: true, mode: DIR_MODE });
-    for (const f of files) await rename(f.path, join(dir, f.name));
+    const dir = await this.makeJobDir(jobId, 'inputs');
+    for (const f of files) {
+      await this.handOver(f.path);
+      await rename(f.path, join(dir, f.name));
+    }
   }
 
   async open(jobId: string, ref: FileRef, range?: { start: number; end: number }): Promise<Readable> {
@@ -151,6 +157,29 @@ export class DirectoryArtifactStore implements ArtifactStore {
     return removed;
   }
 
+  /** `jobs/<id>/<part>`, made (and handed over) level by level, so that no level stays root's. */
+  private async makeJobDir(jobId: string, part: 'inputs' | 'artifacts'): Promise<string> {
+    const jobDir = this.jobDir(jobId);
+    for (const dir of [jobDir, join(jobDir, part)]) {
+      const made = await mkdir(dir, { mode: DIR_MODE }).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EEXIST') throw err;
+          return false;
+        },
+      );
+      if (made) await this.handOver(dir);
+    }
+    return join(jobDir, part);
+  }
+
+  /** Gives `path` to the store's owner when this process is root and the owner is not. */
+  private async handOver(path: string): Promise<void> {
+    if (process.getuid?.() !== 0) return;
+    const { uid, gid } = await stat(this.base);
+    if (uid !== 0) await chown(path, uid, gid);
+  }
+
   private tmpDir(): string {
     return join(this.base, 'tmp');
   }
@@ -165,4 +194,17 @@ export class DirectoryArtifactStore implements ArtifactStore {
 function checkFileId(file: string): string {
   if (!/^[0-9a-f-]{36}$/.test(file)) throw new Error('not an artifact file id');
   return file;
+}
+
+/**
+ * Makes the store's directories belong to `owner`: for a worker started as root, just before it
+ * becomes `owner`, so that it can still write to a store that a root process created. Existing jobs'
+ * directories are left as they are.
+ */
+export async function prepareArtifactDir(root: string, prefix: string, owner: { uid: number; gid: number }): Promise<void> {
+  const base = join(root, prefix);
+  for (const dir of [root, base, join(base, 'jobs'), join(base, 'tmp')]) {
+    await mkdir(dir, { recursive: true, mode: DIR_MODE });
+    if (dir !== root) await chown(dir, owner.uid, owner.gid);
+  }
 }

@@ -1,6 +1,7 @@
+import { prepareArtifactDir } from '../../shared/src/artifact-store';
 import { ConfigError, parseEnv } from '../../shared/src/config';
 import { startHealthFile } from './health-file';
-import { dropRoot } from './privileges';
+import { dropRoot, WORKER_GID, WORKER_UID } from './privileges';
 import { dockerHostProblem, loadWorkerConfig } from './worker-config';
 import { startWorker } from './worker-service';
 
@@ -9,6 +10,12 @@ async function main(): Promise<void> {
   // Before anything is read or connected: from here on the worker is uid 1000 (compose starts it as
   // root). A DOCKER_HOST that names no socket is reported below; until then the default one counts.
   const dockerHost = parsed.values.DOCKER_HOST;
+  const { ARTIFACT_DIR: artifactDir, MAESTRO_PREFIX: prefix } = parsed.values;
+  if (process.getuid?.() === 0 && artifactDir !== undefined && prefix !== undefined) {
+    // The store may have been made by root (an API started by root beside it): its directories
+    // become the worker's. Should this fail, the store's own check after the drop says why.
+    await prepareArtifactDir(artifactDir, prefix, { uid: WORKER_UID, gid: WORKER_GID }).catch(() => undefined);
+  }
   dropRoot(dockerHostProblem(dockerHost) === null ? dockerHost : undefined);
   // Every configuration problem in one message, the files judged as the worker will read them.
   const { config, allowedDirs } = await loadWorkerConfig(parsed);
