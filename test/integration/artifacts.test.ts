@@ -52,3 +52,22 @@ test('an artifact that does not exist is a 404 problem', async () => {
     expect(res.headers.get('content-type')).toMatch(/problem\+json/);
   }
 });
+
+test('an artifact stored in Redis by an earlier release still downloads until its job expires', async () => {
+  script['from before the upgrade'] = [{ text: 'done' }];
+  const job = await waitForJobEnd(stack, (await submitJob(stack, { task: 'from before the upgrade' })).id);
+  // What the earlier release wrote: metadata without a store id, and the bytes in a hash beside it.
+  const key = `${stack.prefix}:job:${job.id}`;
+  await stack.redis.hset(`${key}:artifacts`, 'old.txt', JSON.stringify({ name: 'old.txt', size: 11, contentType: 'text/plain', step: 1 }));
+  await stack.redis.hset(`${key}:artifact-data`, 'old.txt', 'hello world');
+
+  const whole = await fetch(`${stack.api.url}/v1/jobs/${job.id}/artifacts/old.txt`);
+  expect(whole.status).toBe(200);
+  expect(await whole.text()).toBe('hello world');
+  const part = await fetch(`${stack.api.url}/v1/jobs/${job.id}/artifacts/old.txt`, { headers: { range: 'bytes=6-' } });
+  expect(part.status).toBe(206);
+  expect(await part.text()).toBe('world');
+  // Deleting the job takes the old bytes too.
+  expect((await fetch(`${stack.api.url}/v1/jobs/${job.id}`, { method: 'DELETE' })).status).toBe(204);
+  expect(await stack.redis.exists(`${key}:artifact-data`)).toBe(0);
+});

@@ -257,7 +257,8 @@ export type SaveArtifactOutcome =
 
 /** An artifact's metadata as stored: what the API shows, plus where its bytes are. */
 export interface StoredArtifact extends ArtifactInfo {
-  file: string;
+  /** Its id in the artifact store; absent for one stored in Redis by an earlier release. */
+  file?: string;
 }
 
 /** A finished job with stored files is removed this long after its retention ends, should no sweep run first. */
@@ -335,9 +336,19 @@ export class JobStore {
     return `${this.prefix}:fair-clock`;
   }
 
-  /** Every key of a job, so that finishing can set one expiry on all of them. */
+  /**
+   * Every key of a job, so that finishing can set one expiry on all of them. `artifact-data` held
+   * artifact bytes before the artifact store: jobs from then keep it until they expire.
+   */
   private allKeys(id: string): string[] {
-    return [this.key(id), this.key(id, 'events'), this.key(id, 'steps'), this.key(id, 'checkpoint'), this.key(id, 'artifacts')];
+    return [
+      this.key(id),
+      this.key(id, 'events'),
+      this.key(id, 'steps'),
+      this.key(id, 'checkpoint'),
+      this.key(id, 'artifacts'),
+      this.key(id, 'artifact-data'),
+    ];
   }
 
   /**
@@ -543,6 +554,11 @@ export class JobStore {
       .exec()) as [[null, string | null], [null, string | null]];
     if (owner !== caller || info === null) return null;
     return JSON.parse(info) as StoredArtifact;
+  }
+
+  /** The bytes of an artifact stored in Redis by a release before the artifact store (its metadata has no `file`). */
+  async legacyArtifactBytes(id: string, name: string): Promise<Buffer | null> {
+    return this.redis.hgetBuffer(this.key(id, 'artifact-data'), name);
   }
 
   /** An input file's metadata, for its owner only. */

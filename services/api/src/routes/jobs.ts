@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { Router, type Request, type Response } from 'express';
 import type { Queue } from 'bullmq';
 import { z } from 'zod';
@@ -280,7 +281,18 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     if (name.length === 0 || name.length > 1024) throw new NotFoundError('No such artifact.');
     const artifact = await store.artifact(res.locals.caller as string, id, name);
     if (!artifact) throw new NotFoundError('No such artifact.');
-    await sendDownload(req, res, artifact, (range) => files.open(id, { kind: 'artifact', file: artifact.file }, range));
+    const { file } = artifact;
+    if (file !== undefined) {
+      await sendDownload(req, res, artifact, (range) => files.open(id, { kind: 'artifact', file }, range));
+      return;
+    }
+    // Made before the artifact store: its bytes are still in Redis until the job expires.
+    const bytes = await store.legacyArtifactBytes(id, name);
+    if (!bytes) throw new NotFoundError('No such artifact.');
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    await sendDownload(req, res, { ...artifact, size: bytes.length, sha256 }, (range) =>
+      Promise.resolve(Readable.from([range ? bytes.subarray(range.start, range.end + 1) : bytes])),
+    );
   });
 
   router.get('/:id/inputs/:name', async (req, res) => {
