@@ -33,6 +33,7 @@ import { startWorker } from '../services/worker/src/worker-service';
 import { startModelServer } from '../test/support/model-server';
 import { freePort } from '../test/support/ports';
 import { startRedisContainer, type RedisContainer } from '../test/support/redis-container';
+import { deleteKeys } from './script-support';
 
 const { values: args } = parseArgs({
   options: {
@@ -97,17 +98,6 @@ async function redisInfo(redis: Redis): Promise<{ cpu: number; commands: Map<str
   const commands = new Map<string, number>();
   for (const m of statsText.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) commands.set(m[1] as string, Number(m[2]));
   return { cpu: field('used_cpu_user') + field('used_cpu_sys'), commands };
-}
-
-async function deleteKeys(redis: Redis, pattern: string): Promise<number> {
-  let deleted = 0;
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) deleted += await redis.unlink(...keys);
-  } while (cursor !== '0');
-  return deleted;
 }
 
 // ---- 1. throughput ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import { removeSandboxesOf, sandboxImage } from '../test/support/docker';
 import { codeCall, startModelServer, type ScriptedReply } from '../test/support/model-server';
 import { startRedisContainer, type RedisContainer } from '../test/support/redis-container';
 import { readSse } from '../test/support/sse';
+import { cleanUp, deleteKeys } from './script-support';
 
 const { values: args } = parseArgs({
   options: {
@@ -139,19 +140,16 @@ async function main(): Promise<void> {
       `Redis bytes per step    ${SHORT} calls: ${fmt(short, 0)} B   ${LONG} calls: ${fmt(long, 0)} B   ratio ${fmt(ratio, 2)} (target ≤ ${TARGET_STEP_BYTES_RATIO}: ${ratio <= TARGET_STEP_BYTES_RATIO ? 'met' : 'NOT met'})`,
     );
   } finally {
-    await worker.close();
-    await api.close();
-    await removeSandboxesOf(`${PREFIX}.`);
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${PREFIX}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== '0');
-    await redis.quit();
-    await model.close();
-    await container?.close();
-    await rm(join(ARTIFACT_ROOT, PREFIX), { recursive: true, force: true });
+    await cleanUp({
+      worker: () => worker.close(),
+      api: () => api.close(),
+      sandboxes: () => removeSandboxesOf(`${PREFIX}.`),
+      keys: () => deleteKeys(redis, `${PREFIX}:*`),
+      redis: () => redis.quit(),
+      model: () => model.close(),
+      container: () => container?.close(),
+      files: () => rm(join(ARTIFACT_ROOT, PREFIX), { recursive: true, force: true }),
+    });
   }
 }
 

@@ -5,6 +5,7 @@
  */
 import pino from 'pino';
 import { startApi, type RunningApi } from '../../services/api/src/api-service';
+import { DirectoryArtifactStore } from '../../services/shared/src/artifact-store';
 import { newJobId } from '../../services/shared/src/ids';
 import { JobStore } from '../../services/shared/src/job-store';
 import { scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
@@ -124,7 +125,7 @@ describe('active jobs per caller', () => {
     // A job whose record is gone (past its retention).
     await stack.redis.zadd(activeKey, 1, newJobId());
     // A job stored two minutes ago whose API replica died before enqueueing it: BullMQ never had it.
-    const store = new JobStore(stack.redis, stack.prefix, 3600);
+    const store = new JobStore(stack.redis, stack.prefix, 3600, new DirectoryArtifactStore(stack.config.ARTIFACT_DIR, stack.prefix));
     const orphan = newJobId(Date.now() - 120_000);
     const spec = { task: 'never queued', provider: 'openai' as const, model: 'm', tools: [], maxSteps: 1, timeoutSeconds: 60, metadata: {}, inputs: [], caller: 'erin' };
     expect((await store.create(orphan, spec, new Date(), { maxActive: 10 })).outcome).toBe('created');
@@ -139,7 +140,7 @@ describe('active jobs per caller', () => {
   });
 });
 
-describe('a job BullMQ gives up on', () => {
+describe('a job handed back on its last attempt', () => {
   let lastTry: Stack;
   beforeAll(async () => {
     lastTry = await startStack(model, {
@@ -150,15 +151,22 @@ describe('a job BullMQ gives up on', () => {
     await lastTry?.close();
   });
 
-  test('ends failed and frees its place when it is handed back on its last attempt', async () => {
+  test('keeps its place, spends no attempt, and is finished by the next worker', async () => {
     const task = held('handed back');
     const created = await request(lastTry, 'POST', '/v1/jobs', { task });
     expect(created.status).toBe(202);
     await waitFor(() => model.requests.some((r) => r.task === task), { timeoutMs: 30_000, what: 'the job at the model' });
 
     await lastTry.workers[0]?.close();
-    const ended = await waitForJobEnd(lastTry, created.body.id as string, 10_000);
-    expect(ended).toMatchObject({ status: 'failed', error: { code: 'worker_lost' } });
+    const id = created.body.id as string;
+    expect((await request(lastTry, 'GET', `/v1/jobs/${id}`)).body).toMatchObject({ status: 'queued', attempts: 1 });
+    // Still the caller's one active job: a hand-back is no ending.
+    expect((await request(lastTry, 'POST', '/v1/jobs', { task: 'quick' })).status).toBe(429);
+
+    script[task] = [{ text: 'finished after the hand-back' }];
+    await lastTry.startWorker();
+    const ended = await waitForJobEnd(lastTry, id, 30_000);
+    expect(ended).toMatchObject({ status: 'succeeded', attempts: 2, result: { output: 'finished after the hand-back' } });
     expect((await request(lastTry, 'POST', '/v1/jobs', { task: 'quick' })).status).toBe(202);
   });
 });

@@ -9,6 +9,7 @@ import type { ToolStep } from '../../services/shared/src/job-schema';
 import { makeAllowedDir, removeAllowedDir } from '../support/allowed-dir';
 import { CONTAINER_ID_CODE, docker } from '../support/docker';
 import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { waitFor } from '../support/wait-for';
 import { startStack, submitJob, waitForJobEnd, type Stack } from '../support/stack';
 
 const done = (text: string): ScriptedReply => ({ text });
@@ -88,8 +89,12 @@ test('two jobs never share a container, and no container of a job remains after 
   expect(containers[0]).toMatch(/^[0-9a-f]{64}$/);
   expect(containers[1]).toMatch(/^[0-9a-f]{64}$/);
   expect(containers[0]).not.toBe(containers[1]);
+  // The verdict is recorded first and the container removed right after (the reaper is the backstop).
   for (const id of containers) {
-    await expect(docker.getContainer(id as string).inspect()).rejects.toMatchObject({ statusCode: 404 });
+    await waitFor(
+      () => docker.getContainer(id as string).inspect().then(() => false, (e: { statusCode?: number }) => e.statusCode === 404),
+      { timeoutMs: 5000, what: `container ${id} to be removed` },
+    );
   }
 });
 

@@ -61,10 +61,10 @@ async function jobDirs(): Promise<string[]> {
 }
 
 test("a job whose retention ended loses its record and files, and its caller gets the bytes back", async () => {
-  const store = new JobStore(redis, prefix, 60);
+  const store = new JobStore(redis, prefix, 60, files);
   const sweeper = new RetentionSweeper({ store, files, logger: pino({ level: 'silent' }), orphanScanEvery: 1000 });
   const expiring = await finishedJobWithFiles(store, 'carol');
-  const kept = await finishedJobWithFiles(new JobStore(redis, prefix, 3600), 'carol');
+  const kept = await finishedJobWithFiles(new JobStore(redis, prefix, 3600, files), 'carol');
   expect(await store.storedBytes('carol')).toBe(2 * 1008);
   expect(await jobDirs()).toEqual([expiring, kept].sort());
 
@@ -82,7 +82,7 @@ test("a job whose retention ended loses its record and files, and its caller get
 });
 
 test('a job directory without a job, and an upload without a request, go once they are an hour old', async () => {
-  const store = new JobStore(redis, prefix, 3600);
+  const store = new JobStore(redis, prefix, 3600, files);
   const sweeper = new RetentionSweeper({ store, files, logger: pino({ level: 'silent' }), orphanScanEvery: 1 });
   const live = await finishedJobWithFiles(store, 'dave');
   const [old, fresh] = [newJobId(), newJobId()];

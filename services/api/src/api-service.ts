@@ -6,7 +6,7 @@ import { ConfigError, type Config } from '../../shared/src/config';
 import { JobStore } from '../../shared/src/job-store';
 import { createLogger, type Logger } from '../../shared/src/logger';
 import { createJobsQueue } from '../../shared/src/queue';
-import { closeRedis, createApiRedis } from '../../shared/src/redis';
+import { closeRedis, createApiRedis, refuseUnsupportedRedis } from '../../shared/src/redis';
 import { createRedisWatcher } from '../../shared/src/redis-watch';
 import { withTimeout } from '../../shared/src/time';
 import { createApp } from './app';
@@ -40,6 +40,11 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   const redisWatcher = createRedisWatcher({ logger, target: config });
   const redis = createApiRedis(config);
   redisWatcher.watch(redis, 'main');
+  // Bounded: the API starts, and answers 503, while Redis is unreachable; a Cluster node it refuses.
+  await refuseUnsupportedRedis(redis, config, { waitMs: 3000 }).catch(async (err: unknown) => {
+    await closeRedis(redis);
+    throw err;
+  });
   // Read before serving: a bare key's caller id, which owns its jobs, must never be derived from a
   // secret other replicas do not share. Only api-key mode has bare keys.
   let authSecret: Buffer | undefined;
@@ -59,7 +64,7 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
   queue.on('error', (err) => {
     if (!redisWatcher.absorb(err, 'queue')) logger.warn({ event: 'queue.error', message: err.message }, 'queue error');
   });
-  const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
+  const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600, files);
   const app = createApp({ config, store, files, queue, redis, logger, authSecret, redisWatcher });
 
   // Node would answer an HTTP/1.1 request without Host with a bare 400 of its own; the host check

@@ -14,6 +14,7 @@ import { hostCheck } from './host-check';
 import { errorHandler, sendProblem } from './problem';
 import { buildOpenApi, renderDocsPage } from './openapi';
 import { rateLimit } from './rate-limit';
+import { RedisRoom } from './redis-room';
 import { withTimeout } from '../../shared/src/time';
 import { jobsRouter } from './routes/jobs';
 
@@ -71,13 +72,27 @@ export function createApp(deps: AppDeps): Express {
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
+  const room = new RedisRoom({ redis, limitPercent: config.REDIS_NEARLY_FULL_PERCENT, logger });
   app.get('/readyz', async (_req, res) => {
     try {
       await withTimeout(redis.ping(), 1000);
-      res.json({ status: 'ready' });
     } catch {
       sendProblem(res, 503, 'not_ready', 'Redis is unreachable.');
+      return;
     }
+    // Still ready when Redis is nearly full: every replica shares that Redis, so a 503 here would
+    // take them all out of rotation at once, and with them reads, cancels and event streams, which
+    // all still work. Only submissions are refused (503 redis_nearly_full), and this says why.
+    if (await room.nearlyFull()) {
+      res.json({
+        status: 'ready',
+        submissions: 'refused',
+        reason: 'redis_nearly_full',
+        detail: 'Redis is past REDIS_NEARLY_FULL_PERCENT of its maxmemory: new jobs get 503 until running ones finish or old ones expire.',
+      });
+      return;
+    }
+    res.json({ status: 'ready' });
   });
 
   const openapi = buildOpenApi(config);
@@ -94,7 +109,7 @@ export function createApp(deps: AppDeps): Express {
   v1.use(authenticate(config, { redis, logger, authSecret: deps.authSecret }));
   if (config.RATE_LIMIT_PER_MINUTE > 0) v1.use(rateLimit({ redis, prefix: config.MAESTRO_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, logger }));
   v1.use(express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
-  v1.use('/jobs', jobsRouter(deps));
+  v1.use('/jobs', jobsRouter({ ...deps, room }));
   app.use('/v1', v1);
   app.use((_req, res) => {
     sendProblem(res, 404, 'not_found', 'No such route.');

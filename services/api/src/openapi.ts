@@ -153,7 +153,13 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         get: {
           summary: 'Readiness',
           security: [],
-          responses: { '200': { description: 'Redis answers.' }, '503': problemResponse('Redis is unreachable.') },
+          responses: {
+            '200': {
+              description:
+                'Redis answers. While Redis is past REDIS_NEARLY_FULL_PERCENT of its maxmemory the body adds `"submissions": "refused"` and `"reason": "redis_nearly_full"`: still ready, since reads go on.',
+            },
+            '503': problemResponse('Redis is unreachable.'),
+          },
         },
       },
       '/openapi.json': { get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1 JSON.' } } } },
@@ -203,7 +209,9 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
             '429': problemResponse(
               'The caller has CALLER_MAX_ACTIVE_JOBS jobs queued or running (`too_many_active_jobs`), the rate limit is exceeded, or too many authentications failed; see Retry-After.',
             ),
-            '503': problemResponse('Redis or the queue is unavailable.'),
+            '503': problemResponse(
+              'Redis or the queue is unavailable, or Redis is past REDIS_NEARLY_FULL_PERCENT of its maxmemory (`redis_nearly_full`: reads go on; see Retry-After).',
+            ),
           },
         },
         get: {

@@ -38,6 +38,15 @@ export interface ArtifactStore {
   removeArtifact(jobId: string, file: string): Promise<void>;
   /** Removes everything of a job. Missing is fine. */
   removeJob(jobId: string): Promise<void>;
+  /**
+   * Stores a finished job's record (its whole history, as job-record.ts encodes it) under a new id,
+   * all or nothing like an artifact: a reader finds the whole file or none.
+   */
+  putRecord(jobId: string, data: Buffer): Promise<string>;
+  /** The bytes of a job's record; rejects with ENOENT when it is gone (the job was deleted meanwhile). */
+  openRecord(jobId: string, record: string): Promise<Readable>;
+  /** Removes a record that lost its race to become the job's (see JobStore.finish). Missing is fine. */
+  removeRecord(jobId: string, record: string): Promise<void>;
   /** Every job that has something stored, with when it was last written to; for the orphan sweep. */
   jobs(): AsyncIterable<{ jobId: string; modifiedMs: number }>;
   /** Removes upload and temp files older than `olderThanMs` (a crashed request's leftovers). */
@@ -46,12 +55,13 @@ export interface ArtifactStore {
 
 const DIR_MODE = 0o755;
 const FILE_MODE = 0o644;
+const RECORD_SUFFIX = '.jsonl.gz';
 
 /**
- * The directory store: `<root>/<prefix>/jobs/<job id>/inputs/<name>` and `.../artifacts/<id>`, with
- * uploads and partly written files in `<root>/<prefix>/tmp`. Directories are 0755 and files 0644:
- * the sandbox user (another uid) reads the inputs through its mount; nothing in a sandbox can write
- * here. Every path is built from a job id (checked against its pattern), a store-made id, or an
+ * The directory store: `<root>/<prefix>/jobs/<job id>/inputs/<name>`, `.../artifacts/<id>` and a
+ * finished job's `.../records/<id>.jsonl.gz`, with uploads and partly written files in
+ * `<root>/<prefix>/tmp`. Directories are 0755 and files 0644: the sandbox user (another uid) reads
+ * the inputs through its mount; nothing in a sandbox can write here. Every path is built from a job id (checked against its pattern), a store-made id, or an
  * input name already validated (inputNameProblem): never from a raw request path.
  *
  * Everything in the store belongs to the owner of `<root>/<prefix>`: a process running as root (an
@@ -84,25 +94,25 @@ export class DirectoryArtifactStore implements ArtifactStore {
   }
 
   async putArtifact(jobId: string, data: Buffer): Promise<StoredBytes> {
-    const dir = await this.makeJobDir(jobId, 'artifacts');
     const file = randomUUID();
-    const temp = join(this.tmpDir(), `${jobId}-${file}`);
-    const handle = await open(temp, 'wx', FILE_MODE);
-    try {
-      await this.handOver(temp);
-      await handle.writeFile(data);
-      // On disk before the rename makes it visible, so a crash never leaves a name with no bytes.
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    try {
-      await rename(temp, join(dir, file));
-    } catch (err) {
-      await unlink(temp).catch(() => undefined);
-      throw err;
-    }
+    await this.writeNew(jobId, 'artifacts', file, data);
     return { file, size: data.length, sha256: createHash('sha256').update(data).digest('hex') };
+  }
+
+  async putRecord(jobId: string, data: Buffer): Promise<string> {
+    const record = randomUUID();
+    await this.writeNew(jobId, 'records', `${record}${RECORD_SUFFIX}`, data);
+    return record;
+  }
+
+  async openRecord(jobId: string, record: string): Promise<Readable> {
+    const stream = createReadStream(this.recordPath(jobId, record));
+    await once(stream, 'open');
+    return stream;
+  }
+
+  async removeRecord(jobId: string, record: string): Promise<void> {
+    await rm(this.recordPath(jobId, record), { force: true });
   }
 
   async adoptInputs(jobId: string, files: readonly { name: string; path: string }[]): Promise<void> {
@@ -157,8 +167,40 @@ export class DirectoryArtifactStore implements ArtifactStore {
     return removed;
   }
 
+  /** Writes `data` as `jobs/<id>/<part>/<name>`, visible only once whole. */
+  private async writeNew(jobId: string, part: 'artifacts' | 'records', name: string, data: Buffer): Promise<void> {
+    const dir = await this.makeJobDir(jobId, part);
+    const temp = join(this.tmpDir(), `${jobId}-${name}`);
+    const handle = await open(temp, 'wx', FILE_MODE);
+    try {
+      await this.handOver(temp);
+      await handle.writeFile(data);
+      // On disk before the rename makes it visible, so a crash never leaves a name with no bytes.
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    try {
+      await rename(temp, join(dir, name));
+    } catch (err) {
+      await unlink(temp).catch(() => undefined);
+      throw err;
+    }
+    // The new name on disk too before Redis names the file (a record replaces the job's history there).
+    const dirHandle = await open(dir, 'r');
+    try {
+      await dirHandle.sync();
+    } finally {
+      await dirHandle.close();
+    }
+  }
+
+  private recordPath(jobId: string, record: string): string {
+    return join(this.jobDir(jobId), 'records', `${checkFileId(record)}${RECORD_SUFFIX}`);
+  }
+
   /** `jobs/<id>/<part>`, made (and handed over) level by level, so that no level stays root's. */
-  private async makeJobDir(jobId: string, part: 'inputs' | 'artifacts'): Promise<string> {
+  private async makeJobDir(jobId: string, part: 'inputs' | 'artifacts' | 'records'): Promise<string> {
     const jobDir = this.jobDir(jobId);
     for (const dir of [jobDir, join(jobDir, part)]) {
       const made = await mkdir(dir, { mode: DIR_MODE }).then(
@@ -190,7 +232,7 @@ export class DirectoryArtifactStore implements ArtifactStore {
   }
 }
 
-/** Artifact ids are the store's own UUIDs; anything else read back from Redis is refused, not joined into a path. */
+/** Artifact and record ids are the store's own UUIDs; anything else read back from Redis is refused, not joined into a path. */
 function checkFileId(file: string): string {
   if (!/^[0-9a-f-]{36}$/.test(file)) throw new Error('not an artifact file id');
   return file;

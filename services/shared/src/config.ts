@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 
@@ -29,6 +30,38 @@ const list = z
       .filter((s) => s.length > 0),
   );
 
+/** Where a Sentinel listens. */
+export interface SentinelAddress {
+  host: string;
+  port: number;
+}
+
+/** Sentinel's own port, for an entry that names none. */
+export const SENTINEL_DEFAULT_PORT = 26379;
+
+/** `host:port`, `host` (port 26379) or `[v6]:port`, strictly: null for anything else (a URL, userinfo, an empty port). */
+export function parseSentinelAddress(entry: string): SentinelAddress | null {
+  const match = /^(?:\[([^\]]+)\]|([A-Za-z0-9_.-]+))(?::(\d{1,5}))?$/.exec(entry);
+  if (!match) return null;
+  const [, v6, name, portText] = match;
+  if (v6 !== undefined && isIP(v6) !== 6) return null;
+  const host = v6 ?? (name as string);
+  if (host.startsWith('.') || host.endsWith('.') || host.includes('..') || host.length > 253) return null;
+  const port = portText === undefined ? SENTINEL_DEFAULT_PORT : Number(portText);
+  return port >= 1 && port <= 65535 ? { host, port } : null;
+}
+
+const sentinels = list.transform((entries, ctx) => {
+  const parsed = entries.map(parseSentinelAddress);
+  const bad = parsed.flatMap((address, i) => (address ? [] : [i + 1]));
+  if (bad.length > 0) {
+    const what = badEntries(bad, 'is not host:port', 'are not host:port');
+    ctx.issues.push({ code: 'custom', input: entries, message: `${what} (IPv6 in brackets; the port defaults to ${SENTINEL_DEFAULT_PORT})` });
+    return z.NEVER;
+  }
+  return parsed as SentinelAddress[];
+});
+
 /** Every variable Maestro reads, with its default. Units are in the names. */
 export const configSchema = z.object({
   REDIS_URL: z.string().default('redis://127.0.0.1:6379').pipe(z.url({ protocol: /^rediss?$/ })),
@@ -36,6 +69,15 @@ export const configSchema = z.object({
   REDIS_PASSWORD_FILE: optionalString.pipe(absolutePath),
   /** PEM file of the CA(s) that signed a rediss:// server's certificate, when a public CA did not. */
   REDIS_TLS_CA_FILE: optionalString.pipe(absolutePath),
+  /**
+   * Sentinels that know where the Redis master is (`host:port`, comma-separated). When set, the master
+   * they name is used and REDIS_URL's host and port are ignored; its password, database and rediss:// still count.
+   */
+  REDIS_SENTINELS: sentinels,
+  /** The name the sentinels monitor the master under (`sentinel monitor <name> …`). */
+  REDIS_SENTINEL_MASTER: z.string().trim().min(1).default('mymaster'),
+  /** A file holding the sentinels' own password (their `requirepass`), when they have one. */
+  REDIS_SENTINEL_PASSWORD_FILE: optionalString.pipe(absolutePath),
   /** Prefix of every BullMQ queue and Redis key, so several deployments (or test runs) can share a Redis. */
   MAESTRO_PREFIX: z.string().regex(/^[A-Za-z0-9_-]{1,40}$/).default('maestro'),
   HOST: z.string().min(1).default('127.0.0.1'),
@@ -120,6 +162,11 @@ export const configSchema = z.object({
   AUTH_FAILURE_WINDOW_SECONDS: int(1, 86_400).default(300),
   BODY_LIMIT_KB: int(1, 10_240).default(256),
   RATE_LIMIT_PER_MINUTE: int(0, 1_000_000).default(600),
+  /**
+   * Share of Redis's maxmemory past which POST /v1/jobs answers 503 (reads go on): what is left is for
+   * the running jobs, whose steps still need writing, until they finish and their records leave Redis.
+   */
+  REDIS_NEARLY_FULL_PERCENT: int(1, 100).default(90),
   SSE_HEARTBEAT_MS: int(100, 300_000).default(15_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });

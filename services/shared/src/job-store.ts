@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import type { ArtifactStore } from './artifact-store';
 import {
   TERMINAL_STATUSES,
-  type ArtifactInfo,
   type InputInfo,
   type JobSpec,
   type JobStatus,
@@ -12,9 +12,29 @@ import {
   type Usage,
 } from './job-schema';
 import { newJobId } from './ids';
+import {
+  decodeRecord,
+  encodeRecord,
+  publicArtifacts,
+  readRecordHeader,
+  RECORD_FORMAT,
+  summaryOf,
+  type JobEvent,
+  type RecordHeader,
+  type StoredArtifact,
+} from './job-record';
 import { MAX_QUEUE_PRIORITY, queueKey } from './queue';
 
-const EVENTS_MAXLEN = 10_000;
+export type { JobEvent, StoredArtifact } from './job-record';
+
+/**
+ * How long a finished job's event stream stays in Redis after its record is on disk: event streams
+ * blocked on it get the final event from Redis (XREAD wakes them once the script is done), and one
+ * between two reads still finds the stream there. A reader later than this finds the record instead.
+ */
+const EVENTS_GRACE_MS = 10_000;
+/** Times `finish` reads the job again when a step or artifact landed while it wrote the record. */
+const FINISH_ATTEMPTS = 5;
 
 // Transitions are Lua scripts so that "only if not already terminal" holds against every other
 // writer (a cancelling API replica, a stalled-job takeover, a late worker).
@@ -38,10 +58,10 @@ const EVENTS_MAXLEN = 10_000;
  * KEYS: 1 job, 2 caller's job index, 3 job events, 4 caller's active jobs (score: priority),
  *       5 fair clock, 6-10 BullMQ wait, active, prioritized, delayed, paused, 11 stored files by job,
  *       12 caller's stored bytes, [13 idempotency key]
- * ARGV: 1 id, 2 events maxlen, 3 active cap, 4 job key prefix, 5 BullMQ job key prefix,
- *       6 time prefix of ids old enough to be orphans, 7 max priority, 8 clock reset threshold,
- *       9 request fingerprint, 10 idempotency ttl s, 11 input bytes ('' for a job without inputs),
- *       12 caller's storage quota in bytes, 13 caller, 14.. job hash fields
+ * ARGV: 1 id, 2 active cap, 3 job key prefix, 4 BullMQ job key prefix,
+ *       5 time prefix of ids old enough to be orphans, 6 max priority, 7 clock reset threshold,
+ *       8 request fingerprint, 9 idempotency ttl s, 10 input bytes ('' for a job without inputs),
+ *       11 caller's storage quota in bytes, 12 caller, 13.. job hash fields
  */
 const CREATE = `
 local idem = KEYS[13]
@@ -49,105 +69,117 @@ if idem then
   local v = redis.call('GET', idem)
   if v then
     local fp, id = string.match(v, '^(%S+) (%S+)$')
-    if fp == ARGV[9] then return {'existing', id} end
+    if fp == ARGV[8] then return {'existing', id} end
     return {'conflict', id}
   end
 end
 
 local active = KEYS[4]
 local n = redis.call('ZCARD', active)
-if n >= tonumber(ARGV[3]) then
+if n >= tonumber(ARGV[2]) then
   -- Only at the cap: drop ids whose job ended or is gone, so a missed removal never locks the caller
   -- out. A large set is sampled; every stale id is met in time.
   local ids
   if n <= 1000 then ids = redis.call('ZRANGE', active, 0, -1) else ids = redis.call('ZRANDMEMBER', active, 1000) end
   for _, id in ipairs(ids) do
-    local st = redis.call('HGET', ARGV[4] .. id, 'status')
+    local st = redis.call('HGET', ARGV[3] .. id, 'status')
     local ended = (not st) or st == 'succeeded' or st == 'failed' or st == 'cancelled'
     -- Not ended yet unknown to BullMQ long after creation: its API replica died between storing and
     -- enqueueing it, or BullMQ failed it and the verdict was never recorded. Ids start with their
     -- creation time, so comparing the first 10 characters compares times.
-    local orphan = (not ended) and string.sub(id, 1, 10) < ARGV[6] and redis.call('EXISTS', ARGV[5] .. id) == 0
+    local orphan = (not ended) and string.sub(id, 1, 10) < ARGV[5] and redis.call('EXISTS', ARGV[4] .. id) == 0
     if ended or orphan then redis.call('ZREM', active, id) end
   end
   n = redis.call('ZCARD', active)
-  if n >= tonumber(ARGV[3]) then return {'full', n} end
+  if n >= tonumber(ARGV[2]) then return {'full', n} end
 end
 
 local clock = tonumber(redis.call('GET', KEYS[5]) or '1')
-if clock >= tonumber(ARGV[8]) and redis.call('LLEN', KEYS[6]) == 0 and redis.call('LLEN', KEYS[7]) == 0
+if clock >= tonumber(ARGV[7]) and redis.call('LLEN', KEYS[6]) == 0 and redis.call('LLEN', KEYS[7]) == 0
     and redis.call('ZCARD', KEYS[8]) == 0 and redis.call('ZCARD', KEYS[9]) == 0 and redis.call('LLEN', KEYS[10]) == 0 then
   clock = 1
   redis.call('SET', KEYS[5], clock)
 end
-if ARGV[11] ~= '' then
+if ARGV[10] ~= '' then
   local stored = tonumber(redis.call('GET', KEYS[12]) or '0')
-  if stored + tonumber(ARGV[11]) > tonumber(ARGV[12]) then return {'quota', stored} end
-  redis.call('INCRBY', KEYS[12], ARGV[11])
-  redis.call('HSET', KEYS[11], ARGV[1], ARGV[11] .. ' ' .. ARGV[13])
+  if stored + tonumber(ARGV[10]) > tonumber(ARGV[11]) then return {'quota', stored} end
+  redis.call('INCRBY', KEYS[12], ARGV[10])
+  redis.call('HSET', KEYS[11], ARGV[1], ARGV[10] .. ' ' .. ARGV[12])
 end
 local priority = clock
 if n > 0 then
   local latest = tonumber(redis.call('ZRANGE', active, -1, -1, 'WITHSCORES')[2])
   priority = math.max(clock, math.min(latest + 1, clock + n))
 end
-priority = math.min(priority, tonumber(ARGV[7]))
+priority = math.min(priority, tonumber(ARGV[6]))
 
-redis.call('HSET', KEYS[1], 'priority', priority, unpack(ARGV, 14))
+redis.call('HSET', KEYS[1], 'priority', priority, unpack(ARGV, 13))
 if idem then redis.call('HSET', KEYS[1], 'idempotencyKey', idem) end
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 redis.call('ZADD', active, priority, ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'data', '{"status":"queued"}')
-if idem then redis.call('SET', idem, ARGV[9] .. ' ' .. ARGV[1], 'EX', ARGV[10]) end
+redis.call('XADD', KEYS[3], '*', 'type', 'status', 'data', '{"status":"queued"}')
+if idem then redis.call('SET', idem, ARGV[8] .. ' ' .. ARGV[1], 'EX', ARGV[9]) end
 return {'created', priority}
 `;
 
+// Every change to what a job's record holds bumps its `version`, so that `finish` knows whether the
+// record it wrote is still the whole job (see ARCHIVE).
 const MARK_RUNNING = `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {-1} end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {0} end
 if redis.call('HGET', KEYS[1], 'cancelRequested') == '1' then return {2} end
 redis.call('HSET', KEYS[1], 'status', 'running')
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if not redis.call('HGET', KEYS[1], 'startedAt') then
   local deadline = tonumber(ARGV[1]) + tonumber(redis.call('HGET', KEYS[1], 'timeoutSeconds')) * 1000
   redis.call('HSET', KEYS[1], 'startedAt', ARGV[2], 'deadlineMs', tostring(deadline))
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'data', ARGV[3])
+redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', ARGV[3])
 -- The fair clock follows the highest priority started (see CREATE); jobs from before fair order have none.
 local priority = tonumber(redis.call('HGET', KEYS[1], 'priority'))
 if priority and priority > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], priority) end
-return {1, redis.call('HGET', KEYS[1], 'deadlineMs'), attempts, redis.call('HGET', KEYS[1], 'spec')}
+return {1, redis.call('HGET', KEYS[1], 'deadlineMs'), attempts, redis.call('HGET', KEYS[1], 'spec'), tonumber(redis.call('HGET', KEYS[1], 'handBacks') or '0')}
 `;
 
 const REQUEUE = `
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued')
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'data', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+-- A hand-back on shutdown: counted apart, so that it does not spend one of the job's attempts.
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'handBacks', 1) end
+redis.call('XADD', KEYS[2], '*', 'type', 'status', 'data', ARGV[1])
 return 1
 `;
 
-// A job with stored files is removed by the retention sweep (removeJob), which frees its bytes on
-// disk and in its caller's quota; its keys' own expiry comes later, as a backstop should no sweep run.
-// KEYS: 1 caller's active jobs, 2 stored files by job, 3 retention schedule, 4 job, 5 job events,
-//       6.. the job's other keys (all get the retention expiry).
-// ARGV: 1 status, 2 finishedAt, 3 stopReason, 4 result, 5 error, 6 status event, 7 retention s,
-//       8 events maxlen, 9 id, 10 removal time ms, 11 backstop s
-const FINISH = `
+/**
+ * Ends a job whose record `finish` has just written to the artifact store, if nothing changed since
+ * it read the job (its `version`): the verdict, the final status event, and the job's history giving
+ * way to a small hash that names the record. One script, so a reader sees the job whole in Redis or
+ * whole on disk, never between. The event stream stays EVENTS_GRACE_MS for readers blocked on it.
+ * Every finished job has a directory (its record at least), so every one is removed by the retention
+ * sweep (remove, removeJob), which also frees its files' bytes in its caller's quota; the hash's own
+ * expiry comes a day later, as a backstop should no sweep run.
+ * KEYS: 1 job, 2 job events, 3 caller's active jobs, 4 retention schedule, 5.. the job's keys the record replaces
+ * ARGV: 1 id, 2 version read, 3 final event id, 4 final event data, 5 events grace ms,
+ *       6 removal time ms, 7 hash expiry s, 8.. the finished job's hash fields
+ */
+const ARCHIVE = `
+local st = redis.call('HGET', KEYS[1], 'status')
+local ended = (not st) or st == 'succeeded' or st == 'failed' or st == 'cancelled'
+if (not ended) and (redis.call('HGET', KEYS[1], 'version') or '0') ~= ARGV[2] then return 2 end
 -- Off the active set whatever the outcome: an ended job that is still listed was missed before.
-redis.call('ZREM', KEYS[1], ARGV[9])
-local st = redis.call('HGET', KEYS[4], 'status')
+redis.call('ZREM', KEYS[3], ARGV[1])
 if not st then return -1 end
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[4], 'status', ARGV[1], 'finishedAt', ARGV[2], 'stopReason', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'type', 'status', 'data', ARGV[6])
-local ttl = tonumber(ARGV[7])
-if redis.call('HEXISTS', KEYS[2], ARGV[9]) == 1 then
-  redis.call('ZADD', KEYS[3], ARGV[10], ARGV[9])
-  ttl = ttl + tonumber(ARGV[11])
-end
-for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+if ended then return 0 end
+redis.call('XADD', KEYS[2], ARGV[3], 'type', 'status', 'data', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('DEL', KEYS[1], unpack(KEYS, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
 return 1
 `;
 
@@ -177,6 +209,7 @@ local stored = tonumber(redis.call('GET', KEYS[4]) or '0')
 local delta = size - oldSize
 if delta > 0 and stored + delta > tonumber(ARGV[6]) then return {'caller_bytes'} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HINCRBY', KEYS[1], 'artifactBytes', delta)
 redis.call('INCRBY', KEYS[4], delta)
 local entry = redis.call('HGET', KEYS[3], ARGV[7])
@@ -211,20 +244,23 @@ return 0
 `;
 
 /**
- * Appends steps and the checkpoint after them, only while the job exists: a worker still running a
- * job its owner deleted must not bring its keys back.
- * KEYS: 1 job, 2 steps, 3 events, 4 checkpoint
- * ARGV: 1 checkpoint, 2 input tokens, 3 output tokens, 4 events maxlen, 5.. steps
+ * Appends steps to the job's event stream, the one place a step is written: GET and the event
+ * stream read it there, and a resumed job rebuilds its conversation from it (the checkpoint). So the
+ * work per step stays the same however long the job grows. Only while the job exists and has not
+ * ended: a worker still running a job its owner deleted must not bring its keys back, nor one that
+ * lost a race add to a finished job.
+ * KEYS: 1 job, 2 events
+ * ARGV: 1 input tokens, 2 output tokens, 3.. steps
  */
 const RECORD_STEPS = `
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 5, #ARGV do
-  redis.call('RPUSH', KEYS[2], ARGV[i])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'step', 'data', ARGV[i])
+local st = redis.call('HGET', KEYS[1], 'status')
+if (not st) or st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[2], '*', 'type', 'step', 'data', ARGV[i])
 end
-redis.call('SET', KEYS[4], ARGV[1])
-if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], 'inputTokens', ARGV[2]) end
-if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[1], 'outputTokens', ARGV[3]) end
+if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'inputTokens', ARGV[1]) end
+if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], 'outputTokens', ARGV[2]) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1
 `;
 
@@ -255,13 +291,7 @@ export type SaveArtifactOutcome =
   /** Refused: the job ended or was deleted meanwhile, or a quota would be passed. */
   | { outcome: 'gone' | 'finished' | 'job_files' | 'job_bytes' | 'caller_bytes' };
 
-/** An artifact's metadata as stored: what the API shows, plus where its bytes are. */
-export interface StoredArtifact extends ArtifactInfo {
-  /** Its id in the artifact store; absent for one stored in Redis by an earlier release. */
-  file?: string;
-}
-
-/** A finished job with stored files is removed this long after its retention ends, should no sweep run first. */
+/** A finished job is removed this long after its retention ends, should no sweep run. */
 const BACKSTOP_EXPIRY_S = 24 * 3600;
 
 /** Past this the fair clock restarts at the next idle moment: BullMQ's priorities stop just below 2^21. */
@@ -270,18 +300,24 @@ const CLOCK_RESET_AT = 1_000_000;
 const ORPHAN_AFTER_MS = 60_000;
 
 export type MarkRunningResult =
-  | { outcome: 'started'; spec: JobSpec; deadline: Date; attempts: number }
+  /** `attempts` counts every start; `handBacks` those of them that a shutting-down worker gave back. */
+  | { outcome: 'started'; spec: JobSpec; deadline: Date; attempts: number; handBacks: number }
   | { outcome: 'missing' | 'finished' | 'cancel-requested' };
 
 /**
- * The durable record of every job: its spec, status, steps, checkpoint and event stream, in Redis.
- * BullMQ only carries the job id; this store is what the API reads.
+ * The durable record of every job; BullMQ only carries the job id, and this store is what the API
+ * reads. A live job is in Redis: its hash (spec, status, counters), its event stream (status changes
+ * and every step, written once; the checkpoint a resumed job rebuilds its conversation from) and its
+ * artifacts' metadata. A finished job is a record in the artifact store (see job-record.ts) and a
+ * small hash in Redis naming it, so Redis holds live work, not history.
  */
 export class JobStore {
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
     private readonly retentionSeconds: number,
+    /** Where finished jobs' records are kept: the artifact store, beside their files. */
+    private readonly files: Pick<ArtifactStore, 'putRecord' | 'openRecord' | 'removeRecord' | 'removeJob'>,
   ) {}
 
   private readonly shas = new Map<string, string>();
@@ -291,7 +327,7 @@ export class JobStore {
     return `${this.prefix}:stored-files`;
   }
 
-  /** Finished jobs with stored files, scored by when the retention sweep removes them. */
+  /** Finished jobs (each has its record in the artifact store), scored by when the retention sweep removes them. */
   private retentionKey(): string {
     return `${this.prefix}:retention`;
   }
@@ -336,19 +372,19 @@ export class JobStore {
     return `${this.prefix}:fair-clock`;
   }
 
-  /**
-   * Every key of a job, so that finishing can set one expiry on all of them. `artifact-data` held
-   * artifact bytes before the artifact store: jobs from then keep it until they expire.
-   */
+  /** Every key of a job, for removing it. */
   private allKeys(id: string): string[] {
-    return [
-      this.key(id),
-      this.key(id, 'events'),
-      this.key(id, 'steps'),
-      this.key(id, 'checkpoint'),
-      this.key(id, 'artifacts'),
-      this.key(id, 'artifact-data'),
-    ];
+    return [this.key(id), this.key(id, 'events'), ...this.historyKeys(id), this.key(id, 'artifact-data')];
+  }
+
+  /**
+   * A live job's keys that its record replaces when it finishes (the events go after a grace).
+   * `steps` and `checkpoint` are an earlier release's copies of what the event stream holds; its
+   * finished jobs keep them, and `artifact-data` (artifact bytes from before the artifact store),
+   * until they expire.
+   */
+  private historyKeys(id: string): string[] {
+    return [this.key(id, 'artifacts'), this.key(id, 'steps'), this.key(id, 'checkpoint')];
   }
 
   /**
@@ -392,7 +428,6 @@ export class JobStore {
     // One script rather than MULTI: a single command and reply on the hottest write path.
     const [outcome, value] = (await this.run(CREATE, keys, [
       id,
-      EVENTS_MAXLEN,
       opts.maxActive,
       this.key(''),
       queueKey(this.prefix, ''),
@@ -408,7 +443,7 @@ export class JobStore {
     ])) as [CreateOutcome['outcome'], string | number];
     switch (outcome) {
       case 'created':
-        return { outcome, priority: Number(value), job: toView(id, hash, [], []) };
+        return { outcome, priority: Number(value), job: { ...summaryFromHash(id, hash, []), steps: [] } };
       case 'full':
         return { outcome, active: Number(value) };
       case 'quota':
@@ -434,14 +469,17 @@ export class JobStore {
 
   /** The job as its owner sees it, or null when it does not exist or belongs to someone else. */
   async getFor(caller: string, id: string): Promise<JobView | null> {
-    const [[, hash], [, steps], [, artifacts]] = (await this.redis
+    // One transaction: a job that finishes meanwhile is read whole from Redis or whole from its record.
+    const [[, hash], [, entries], [, artifacts]] = (await this.redis
       .multi()
       .hgetall(this.key(id))
-      .lrange(this.key(id, 'steps'), 0, -1)
+      .xrange(this.key(id, 'events'), '-', '+')
       .hvals(this.key(id, 'artifacts'))
-      .exec()) as [[null, Record<string, string>], [null, string[]], [null, string[]]];
-    if (!hash.spec || hash.caller !== caller) return null;
-    return toView(id, hash, steps, artifacts);
+      .exec()) as [[null, Record<string, string>], [null, [string, string[]][]], [null, string[]]];
+    if (hash.caller !== caller) return null;
+    if (hash.record !== undefined) return (await this.readRecord(id, hash.record))?.view ?? null;
+    if (!hash.spec) return null;
+    return { ...summaryFromHash(id, hash, artifacts), steps: stepsOf(entries) };
   }
 
   /**
@@ -452,40 +490,58 @@ export class JobStore {
   async list(
     caller: string,
     opts: { limit: number; cursor?: string; status?: JobStatus },
-  ): Promise<{ jobs: JobView[]; nextCursor: string | null }> {
-    const jobs: JobView[] = [];
+  ): Promise<{ jobs: JobSummary[]; nextCursor: string | null }> {
+    const page = await this.scan(caller, opts);
+    // A finished job's fields are in its record: the first line of each, read side by side.
+    const jobs = await Promise.all(
+      page.found.map(async ({ id, hash, artifacts }) => {
+        if (hash.record === undefined) return summaryFromHash(id, hash, artifacts);
+        const header = await this.readHeader(id, hash.record);
+        return header && summaryOf(header);
+      }),
+    );
+    // A job deleted between the scan and its record's read is left out, as if deleted before.
+    return { jobs: jobs.filter((j): j is JobSummary => j !== null), nextCursor: page.nextCursor };
+  }
+
+  /** The hashes (and live jobs' artifacts) of one page of `list`. */
+  private async scan(
+    caller: string,
+    opts: { limit: number; cursor?: string; status?: JobStatus },
+  ): Promise<{ found: { id: string; hash: Record<string, string>; artifacts: string[] }[]; nextCursor: string | null }> {
+    const found: { id: string; hash: Record<string, string>; artifacts: string[] }[] = [];
     let from = opts.cursor ? `(${opts.cursor}` : '+';
     const batch = Math.max(opts.limit + 1, 50);
     // With a status filter, scanning is bounded so that one request cannot walk an unbounded history;
     // when the bound stops it, the cursor is the last id scanned, so the next page goes on from there.
     for (let scanned = 0; scanned < 2000; ) {
       const ids = await this.redis.zrange(this.callerKey(caller), from, '-', 'BYLEX', 'REV', 'LIMIT', 0, batch);
-      if (ids.length === 0) return { jobs, nextCursor: null };
+      if (ids.length === 0) return { found, nextCursor: null };
       scanned += ids.length;
       const pipeline = this.redis.pipeline();
-      for (const id of ids) pipeline.hgetall(this.key(id));
-      const hashes = (await pipeline.exec()) ?? [];
+      for (const id of ids) pipeline.hgetall(this.key(id)).hvals(this.key(id, 'artifacts'));
+      const replies = (await pipeline.exec()) ?? [];
       const gone: string[] = [];
       let more = false;
       for (let i = 0; i < ids.length; i++) {
         const id = ids[i] as string;
-        const hash = hashes[i]?.[1] as Record<string, string> | undefined;
-        if (!hash?.spec) {
+        const hash = replies[2 * i]?.[1] as Record<string, string> | undefined;
+        if (!hash?.spec && hash?.record === undefined) {
           gone.push(id); // expired after its retention time
         } else if (!opts.status || hash.status === opts.status) {
-          if (jobs.length === opts.limit) {
+          if (found.length === opts.limit) {
             more = true; // the look-ahead: a job past this page exists
             break;
           }
-          jobs.push(toView(id, hash, [], []));
+          found.push({ id, hash, artifacts: (replies[2 * i + 1]?.[1] as string[] | undefined) ?? [] });
         }
         from = `(${id}`;
       }
       if (gone.length > 0) await this.redis.zrem(this.callerKey(caller), ...gone);
-      if (more) return { jobs, nextCursor: (jobs.at(-1) as JobView).id };
-      if (ids.length < batch) return { jobs, nextCursor: null };
+      if (more) return { found, nextCursor: (found.at(-1) as { id: string }).id };
+      if (ids.length < batch) return { found, nextCursor: null };
     }
-    return { jobs, nextCursor: from.slice(1) };
+    return { found, nextCursor: from.slice(1) };
   }
 
   /**
@@ -496,34 +552,41 @@ export class JobStore {
     const res = (await this.run(
       MARK_RUNNING,
       [this.key(id), this.key(id, 'events'), this.clockKey()],
-      [now.getTime(), now.toISOString(), JSON.stringify({ status: 'running' }), EVENTS_MAXLEN],
-    )) as [number, string?, number?, string?];
+      [now.getTime(), now.toISOString(), JSON.stringify({ status: 'running' })],
+    )) as [number, string?, number?, string?, number?];
     if (res[0] === -1) return { outcome: 'missing' };
     if (res[0] === 0) return { outcome: 'finished' };
     if (res[0] === 2) return { outcome: 'cancel-requested' };
-    return { outcome: 'started', deadline: new Date(Number(res[1])), attempts: Number(res[2]), spec: JSON.parse(String(res[3])) as JobSpec };
+    return {
+      outcome: 'started',
+      deadline: new Date(Number(res[1])),
+      attempts: Number(res[2]),
+      handBacks: Number(res[4] ?? 0),
+      spec: JSON.parse(String(res[3])) as JobSpec,
+    };
   }
 
-  /** A running job goes back to queued while it waits for a retry. */
-  async requeue(id: string, reason: { code: string; message: string }): Promise<void> {
-    await this.run(REQUEUE, [this.key(id), this.key(id, 'events')], [JSON.stringify({ status: 'queued', retry: reason }), EVENTS_MAXLEN]);
+  /** A running job goes back to queued while it waits for a retry, or for another worker after a hand-back. */
+  async requeue(id: string, reason: { code: string; message: string }, opts: { handBack?: boolean } = {}): Promise<void> {
+    await this.run(REQUEUE, [this.key(id), this.key(id, 'events')], [JSON.stringify({ status: 'queued', retry: reason }), opts.handBack ? '1' : '0']);
   }
 
   /**
-   * Records steps and the checkpoint that follows them in one transaction, so a job resumed after a
-   * crash never repeats a recorded step nor misses one.
+   * Records the steps of one turn (a model reply, or the tool calls it asked for) in one script: they
+   * are the checkpoint too, so a job resumed after a crash never repeats a recorded step nor misses one.
+   * Each step is sent once and appended once, whatever the job's length.
    */
-  async recordSteps(id: string, steps: Step[], checkpoint: unknown, usage: Usage): Promise<void> {
+  async recordSteps(id: string, steps: Step[], usage: Usage): Promise<void> {
     await this.run(
       RECORD_STEPS,
-      [this.key(id), this.key(id, 'steps'), this.key(id, 'events'), this.key(id, 'checkpoint')],
-      [JSON.stringify(checkpoint), usage.inputTokens, usage.outputTokens, EVENTS_MAXLEN, ...steps.map((step) => JSON.stringify(step))],
+      [this.key(id), this.key(id, 'events')],
+      [usage.inputTokens, usage.outputTokens, ...steps.map((step) => JSON.stringify(step))],
     );
   }
 
-  async checkpoint<T>(id: string): Promise<T | null> {
-    const raw = await this.redis.get(this.key(id, 'checkpoint'));
-    return raw === null ? null : (JSON.parse(raw) as T);
+  /** The steps a job has recorded, in order: what a resumed job rebuilds its conversation from. */
+  async recordedSteps(id: string): Promise<Step[]> {
+    return stepsOf(await this.redis.xrange(this.key(id, 'events'), '-', '+'));
   }
 
   /**
@@ -547,13 +610,17 @@ export class JobStore {
 
   /** An artifact's metadata, for its owner only. */
   async artifact(caller: string, id: string, name: string): Promise<StoredArtifact | null> {
-    const [[, owner], [, info]] = (await this.redis
+    const [[, owner], [, record], [, info]] = (await this.redis
       .multi()
       .hget(this.key(id), 'caller')
+      .hget(this.key(id), 'record')
       .hget(this.key(id, 'artifacts'), name)
-      .exec()) as [[null, string | null], [null, string | null]];
-    if (owner !== caller || info === null) return null;
-    return JSON.parse(info) as StoredArtifact;
+      .exec()) as [[null, string | null], [null, string | null], [null, string | null]];
+    if (owner !== caller) return null;
+    // In Redis while the job runs, or for a job an earlier release finished; else in its record.
+    if (info !== null) return JSON.parse(info) as StoredArtifact;
+    if (record === null) return null;
+    return (await this.readHeader(id, record))?.artifacts.find((a) => a.name === name) ?? null;
   }
 
   /** The bytes of an artifact stored in Redis by a release before the artifact store (its metadata has no `file`). */
@@ -563,9 +630,10 @@ export class JobStore {
 
   /** An input file's metadata, for its owner only. */
   async input(caller: string, id: string, name: string): Promise<InputInfo | null> {
-    const [owner, spec] = await this.redis.hmget(this.key(id), 'caller', 'spec');
-    if (owner !== caller || !spec) return null;
-    return (JSON.parse(spec) as JobSpec).inputs?.find((f) => f.name === name) ?? null;
+    const [owner, spec, record] = await this.redis.hmget(this.key(id), 'caller', 'spec', 'record');
+    if (owner !== caller) return null;
+    const inputs = spec ? (JSON.parse(spec) as JobSpec).inputs : record ? (await this.readHeader(id, record))?.job.inputs : undefined;
+    return inputs?.find((f) => f.name === name) ?? null;
   }
 
   /** Bytes the caller holds in the artifact store, as its quota counts them. */
@@ -595,12 +663,20 @@ export class JobStore {
     return res === 1;
   }
 
-  /** Jobs whose retention ended by `now` and that still have stored files: for the retention sweep. */
+  /** Jobs whose retention ended by `now`: for the retention sweep, which removes their keys and directories. */
   async dueForRemoval(now: Date, limit: number): Promise<string[]> {
     return this.redis.zrangebyscore(this.retentionKey(), '-inf', now.getTime(), 'LIMIT', 0, limit);
   }
 
-  /** Ends a job unless it has already ended, and frees its place among its caller's active jobs; returns whether this call ended it. */
+  /**
+   * Ends a job unless it has already ended, and frees its place among its caller's active jobs;
+   * returns whether this call ended it. The job's whole record goes to the artifact store first, then
+   * one script (ARCHIVE) records the verdict and trims Redis to a small hash naming that record. A
+   * crash between the two leaves the job live in Redis, whole, and an unnamed file the job's
+   * directory loses with it; the job's next attempt finishes it. Each call writes a record of its
+   * own, so of two racing finishers only the one whose script wins is named, and the other removes
+   * its file.
+   */
   async finish(
     id: string,
     outcome: {
@@ -611,24 +687,96 @@ export class JobStore {
     },
     now = new Date(),
   ): Promise<boolean> {
-    // The caller names the active set; it never changes, so reading it first races nothing.
-    const caller = await this.redis.hget(this.key(id), 'caller');
-    if (caller === null) return false;
-    const keys = [this.activeKey(caller), this.filesKey(), this.retentionKey(), ...this.allKeys(id)];
-    const res = await this.run(FINISH, keys, [
-      outcome.status,
-      now.toISOString(),
-      outcome.stopReason,
-      outcome.result ? JSON.stringify(outcome.result) : '',
-      outcome.error ? JSON.stringify(outcome.error) : '',
-      JSON.stringify({ status: outcome.status, stopReason: outcome.stopReason, error: outcome.error ?? null }),
-      this.retentionSeconds,
-      EVENTS_MAXLEN,
-      id,
-      now.getTime() + this.retentionSeconds * 1000,
-      BACKSTOP_EXPIRY_S,
-    ]);
-    return res === 1;
+    for (let attempt = 1; ; attempt++) {
+      const [[, hash], [, entries], [, artifacts]] = (await this.redis
+        .multi()
+        .hgetall(this.key(id))
+        .xrange(this.key(id, 'events'), '-', '+')
+        .hvals(this.key(id, 'artifacts'))
+        .exec()) as [[null, Record<string, string>], [null, [string, string[]][]], [null, string[]]];
+      const caller = hash.caller;
+      if (caller === undefined) return false;
+      if (!hash.spec || TERMINAL_STATUSES.includes(hash.status as JobStatus)) {
+        // Ended already; off the active set all the same, should its removal have been missed.
+        await this.redis.zrem(this.activeKey(caller), id);
+        return false;
+      }
+      const events = entries.map(([eventId, fields]) => eventOf(eventId, fields));
+      const final: JobEvent = {
+        id: nextEventId(events.at(-1)?.id, now),
+        type: 'status',
+        data: JSON.stringify({ status: outcome.status, stopReason: outcome.stopReason, error: outcome.error ?? null }),
+      };
+      const ended: Record<string, string> = {
+        ...hash,
+        status: outcome.status,
+        finishedAt: now.toISOString(),
+        stopReason: outcome.stopReason,
+        result: outcome.result ? JSON.stringify(outcome.result) : '',
+        error: outcome.error ? JSON.stringify(outcome.error) : '',
+      };
+      const header: RecordHeader = {
+        format: RECORD_FORMAT,
+        caller,
+        job: jobFromHash(id, ended),
+        artifacts: artifacts.map((a) => JSON.parse(a) as StoredArtifact),
+      };
+      const record = await this.files.putRecord(id, await encodeRecord(header, [...events, final]));
+      const res = await this.run(
+        ARCHIVE,
+        [this.key(id), this.key(id, 'events'), this.activeKey(caller), this.retentionKey(), ...this.historyKeys(id)],
+        [
+          id,
+          hash.version ?? '0',
+          final.id,
+          final.data,
+          EVENTS_GRACE_MS,
+          now.getTime() + this.retentionSeconds * 1000,
+          this.retentionSeconds + BACKSTOP_EXPIRY_S,
+          ...Object.entries(finishedHash(ended, record)).flat(),
+        ],
+      );
+      if (res === 1) return true;
+      if (res === -1) {
+        // Deleted meanwhile: the directory the record made belongs to no job.
+        await this.files.removeJob(id);
+        return false;
+      }
+      await this.files.removeRecord(id, record);
+      if (res === 0) return false;
+      // A step or an artifact landed (another worker took the job over): read it again.
+      if (attempt === FINISH_ATTEMPTS) throw new Error(`job ${id} kept changing while it was being finished`);
+    }
+  }
+
+  /**
+   * Where a job's events are, for its owner: in its Redis stream (`eventsKey`) while it is live, or
+   * the finished job's recorded ones; null when there is no such job.
+   */
+  async eventLog(caller: string, id: string): Promise<{ live: true } | { live: false; events: JobEvent[] } | null> {
+    const [owner, status, record] = await this.redis.hmget(this.key(id), 'caller', 'status', 'record');
+    if (owner !== caller || !status) return null;
+    if (!record) return { live: true };
+    const read = await this.readRecord(id, record);
+    return read && { live: false, events: read.events };
+  }
+
+  /** A finished job's record, or null when it is gone (the job was deleted after its hash was read). */
+  private async readRecord(id: string, record: string): Promise<Awaited<ReturnType<typeof decodeRecord>> | null> {
+    return this.whileExists(async () => decodeRecord(await this.files.openRecord(id, record)));
+  }
+
+  private async readHeader(id: string, record: string): Promise<RecordHeader | null> {
+    return this.whileExists(async () => readRecordHeader(await this.files.openRecord(id, record)));
+  }
+
+  private async whileExists<T>(read: () => Promise<T>): Promise<T | null> {
+    try {
+      return await read();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
   }
 
   /** Frees a claim whose job could not be created, so a retry of the request can succeed. */
@@ -649,13 +797,94 @@ export class JobStore {
   eventsKey(id: string): string {
     return this.key(id, 'events');
   }
+
+  /**
+   * Which of these jobs their owners asked to stop, cancelled or deleted (gone), in one round trip:
+   * a worker polls its running jobs with it, so a cancel whose message it missed (a reconnect) still
+   * reaches it.
+   */
+  async cancelRequested(ids: readonly string[]): Promise<string[]> {
+    if (ids.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const id of ids) pipeline.hmget(this.key(id), 'status', 'cancelRequested');
+    const replies = (await pipeline.exec()) ?? [];
+    return ids.filter((_id, i) => {
+      const [status, flag] = (replies[i]?.[1] ?? []) as (string | null)[];
+      return status === null || flag === '1';
+    });
+  }
+
+  /**
+   * Counts an error of a job that is no AppError (a bug, most likely) and returns how many the job
+   * has hit, this one included: counted on the job, so all its attempts together are bounded. 0 for a
+   * job that ended or is gone, whose hash must not change or come back.
+   */
+  async countUnknownError(id: string): Promise<number> {
+    const script = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if (not st) or st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'unknownErrors', 1)
+`;
+    return Number(await this.run(script, [this.key(id)], []));
+  }
 }
+
+/** A job as the list shows it: everything but its steps. */
+export type JobSummary = Omit<JobView, 'steps'>;
 
 function parseJson<T>(raw: string | undefined): T | null {
   return raw ? (JSON.parse(raw) as T) : null;
 }
 
-function toView(id: string, hash: Record<string, string>, steps: string[], artifacts: string[]): JobView {
+/** What Redis keeps of a finished job: enough to own, filter and expire it, and where its record is. */
+function finishedHash(ended: Record<string, string>, record: string): Record<string, string> {
+  const kept: Record<string, string> = { record };
+  for (const field of FINISHED_FIELDS) {
+    const value = ended[field];
+    if (value !== undefined && value !== '') kept[field] = value;
+  }
+  return kept;
+}
+
+const FINISHED_FIELDS = [
+  'caller',
+  'status',
+  'createdAt',
+  'startedAt',
+  'finishedAt',
+  'stopReason',
+  'error',
+  'inputTokens',
+  'outputTokens',
+  // REMOVE frees the key with the job.
+  'idempotencyKey',
+] as const;
+
+function eventOf(id: string, fields: string[]): JobEvent {
+  const f: Record<string, string> = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] as string] = fields[i + 1] as string;
+  return { id, type: f.type === 'step' ? 'step' : 'status', data: f.data ?? 'null' };
+}
+
+function stepsOf(entries: [string, string[]][]): Step[] {
+  return entries.map(([id, fields]) => eventOf(id, fields)).filter((e) => e.type === 'step').map((e) => JSON.parse(e.data) as Step);
+}
+
+/**
+ * The stream id the final event gets, chosen before the script that adds it so the record can hold
+ * it: after the last one, at `now` when the clock allows. ARCHIVE adds it only if nothing was added since.
+ */
+function nextEventId(last: string | undefined, now: Date): string {
+  const [ms, seq] = (last ?? '0-0').split('-').map((part) => BigInt(part)) as [bigint, bigint];
+  const at = BigInt(now.getTime());
+  return at > ms ? `${at}-0` : `${ms}-${seq + 1n}`;
+}
+
+function summaryFromHash(id: string, hash: Record<string, string>, artifacts: string[]): JobSummary {
+  return { ...jobFromHash(id, hash), artifacts: publicArtifacts(artifacts.map((a) => JSON.parse(a) as StoredArtifact)) };
+}
+
+function jobFromHash(id: string, hash: Record<string, string>): RecordHeader['job'] {
   const spec = JSON.parse(hash.spec as string) as JobSpec;
   return {
     id,
@@ -676,11 +905,6 @@ function toView(id: string, hash: Record<string, string>, steps: string[], artif
     result: parseJson(hash.result),
     error: parseJson(hash.error),
     usage: { inputTokens: Number(hash.inputTokens ?? 0), outputTokens: Number(hash.outputTokens ?? 0) },
-    steps: steps.map((s) => JSON.parse(s) as Step),
     inputs: spec.inputs ?? [],
-    // Where the bytes are is the store's business, not the client's.
-    artifacts: artifacts
-      .map((a) => (({ file: _file, ...info }: StoredArtifact): ArtifactInfo => info)(JSON.parse(a) as StoredArtifact))
-      .sort((a, b) => a.name.localeCompare(b.name)),
   };
 }

@@ -8,7 +8,7 @@ export const STILL_DOWN_EVERY_MS = 30_000;
 /** What the watcher needs of a connection: ioredis's events and status (a test may pass a stand-in). */
 export interface WatchedConnection extends EventEmitter {
   status: string;
-  options?: { password?: string | null };
+  options?: { password?: string | null; sentinelPassword?: string | null };
 }
 
 export interface RedisWatcher {
@@ -48,6 +48,7 @@ interface Outage {
 export function createRedisWatcher(opts: { logger: Logger; target: RedisTarget | string; stillDownEveryMs?: number }): RedisWatcher {
   const { logger } = opts;
   const endpoint = redisEndpoint(opts.target);
+  const variable = usesSentinels(opts.target) ? 'REDIS_SENTINELS' : 'REDIS_URL';
   const stillDownEveryMs = opts.stillDownEveryMs ?? STILL_DOWN_EVERY_MS;
   const secrets = new Set<string>(urlSecrets(opts.target));
   const failing = new Set<WatchedConnection>();
@@ -61,7 +62,7 @@ export function createRedisWatcher(opts: { logger: Logger; target: RedisTarget |
     if (connection) failing.add(connection);
     if (!outage) {
       outage = { since: now, errors: 1, lastMessage: message, lastLoggedAt: now, answered: false };
-      const hint = hintFor(err, endpoint);
+      const hint = hintFor(err, endpoint, variable);
       logger.warn({ event: 'redis.down', redis: endpoint, connection: name, message, hint }, `Redis at ${endpoint} is unreachable (${message}); retrying. ${hint}`);
       return;
     }
@@ -71,8 +72,8 @@ export function createRedisWatcher(opts: { logger: Logger; target: RedisTarget |
       outage.lastLoggedAt = now;
       const downForMs = now - outage.since;
       logger.warn(
-        { event: 'redis.still_down', redis: endpoint, downForMs, errors: outage.errors, message, hint: hintFor(err, endpoint) },
-        `Redis at ${endpoint} still unreachable after ${seconds(downForMs)} (${message}); check REDIS_URL`,
+        { event: 'redis.still_down', redis: endpoint, downForMs, errors: outage.errors, message, hint: hintFor(err, endpoint, variable) },
+        `Redis at ${endpoint} still unreachable after ${seconds(downForMs)} (${message}); check ${variable}`,
       );
     }
   };
@@ -91,8 +92,7 @@ export function createRedisWatcher(opts: { logger: Logger; target: RedisTarget |
       return outage !== null;
     },
     watch(connection, name = 'redis') {
-      const password = connection.options?.password;
-      if (password) secrets.add(password);
+      for (const password of [connection.options?.password, connection.options?.sentinelPassword]) if (password) secrets.add(password);
       const onConnectionError = (err: Error): void => onError(err, name, connection);
       const onReady = (): void => {
         failing.delete(connection);
@@ -156,7 +156,7 @@ const CONNECTION_CODES = new Set([
   'ENOENT', // a unix socket path with nothing behind it
 ]);
 const CONNECTION_MESSAGE =
-  /ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|EPIPE|Connection is closed|Stream isn't writeable|max retries per request|NOAUTH|WRONGPASS/i;
+  /ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|EPIPE|Connection is closed|Stream isn't writeable|max retries per request|NOAUTH|WRONGPASS|All sentinels are unreachable/i;
 
 /** Whether an error says Redis could not be reached (or refused us), as opposed to a failing command. */
 export function isRedisConnectionError(err: unknown): boolean {
@@ -168,11 +168,19 @@ export function isRedisConnectionError(err: unknown): boolean {
   return typeof message === 'string' && CONNECTION_MESSAGE.test(message);
 }
 
+function usesSentinels(target: RedisTarget | string): target is RedisTarget & Required<Pick<RedisTarget, 'REDIS_SENTINELS'>> {
+  return typeof target !== 'string' && target.REDIS_SENTINELS !== undefined && target.REDIS_SENTINELS.length > 0;
+}
+
 /**
- * Where a target points, for a log line: `host:port` from the URL (never its user or password), or
- * the path of a unix socket.
+ * Where a target points, for a log line: `host:port` from the URL (never its user or password), the
+ * path of a unix socket, or the master's name and the sentinels asked for it.
  */
 export function redisEndpoint(target: RedisTarget | string): string {
+  if (usesSentinels(target)) {
+    const sentinels = target.REDIS_SENTINELS.map(({ host, port }) => `${host.includes(':') ? `[${host}]` : host}:${port}`).join(',');
+    return `master ${target.REDIS_SENTINEL_MASTER ?? 'mymaster'} via sentinels ${sentinels}`;
+  }
   const raw = typeof target === 'string' ? target : target.REDIS_URL;
   if (raw.startsWith('/')) return raw;
   try {
@@ -202,13 +210,23 @@ export function scrubRedisMessage(message: string, secrets: Iterable<string> = [
   return out;
 }
 
-function hintFor(err: Error, endpoint: string): string {
+function hintFor(err: Error, endpoint: string, variable: 'REDIS_URL' | 'REDIS_SENTINELS'): string {
   const code = (err as NodeJS.ErrnoException).code;
+  // ioredis words a round of sentinels that all failed this way, whatever failed (see SentinelConnector).
+  const fromSentinels = err.message.startsWith('All sentinels are unreachable');
   if (/NOAUTH|WRONGPASS|invalid password|AUTH failed/i.test(err.message)) {
+    if (fromSentinels) return 'The sentinels refused the credentials: check REDIS_SENTINEL_PASSWORD_FILE.';
     return 'Redis refused the credentials: check the password in REDIS_URL or REDIS_PASSWORD_FILE.';
   }
-  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return `The host in REDIS_URL does not resolve: check REDIS_URL (${endpoint}).`;
+  if (fromSentinels) {
+    return `No sentinel named the master (${endpoint}): check that the sentinels in REDIS_SENTINELS are reachable and monitor REDIS_SENTINEL_MASTER.`;
+  }
   if (/certificate|self[- ]signed|SSL|TLS/i.test(err.message)) return 'The TLS handshake failed: check the rediss:// REDIS_URL and REDIS_TLS_CA_FILE.';
+  if (variable === 'REDIS_SENTINELS') {
+    // The address is the one the sentinels announce, which this host must be able to reach.
+    return `Check that the master the sentinels name is running and reachable from here (${endpoint}); during a failover this lasts until the sentinels promote a replica.`;
+  }
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return `The host in REDIS_URL does not resolve: check REDIS_URL (${endpoint}).`;
   return `Check that Redis is running and reachable at REDIS_URL (${endpoint}).`;
 }
 

@@ -6,7 +6,11 @@ import type { SandboxSession } from './sandbox/types';
 import { runToolCall, toolSpecs } from './tools/registry';
 import type { ArtifactSink, Tool } from './tools/tool';
 
-/** The conversation so far, saved after every step so a retried job resumes instead of starting over. */
+/**
+ * The conversation so far and where the job stands. Never stored as such: the recorded steps are the
+ * checkpoint (each turn's steps are recorded in one script), and a retried job rebuilds this from
+ * them (resumeFrom) instead of starting over.
+ */
 export interface Checkpoint {
   messages: ChatMessage[];
   nextStepIndex: number;
@@ -46,10 +50,11 @@ export async function runAgentLoop(
   deps: AgentLoopDeps,
 ): Promise<string> {
   const { provider, store, logger } = deps;
-  const saved = await store.checkpoint<Checkpoint>(jobId);
-  const cp: Checkpoint = saved ?? { messages: [{ role: 'user', content: firstMessage(spec) }], nextStepIndex: 0, modelCalls: 0 };
-  if (saved) logger.info({ event: 'job.resumed', step: cp.nextStepIndex, modelCalls: cp.modelCalls }, 'resuming from checkpoint');
-  let interpreterLost = saved !== null && usedCodeExecutor(cp.messages);
+  const recorded = await store.recordedSteps(jobId);
+  const cp = resumeFrom(spec, recorded);
+  const resumed = recorded.length > 0;
+  if (resumed) logger.info({ event: 'job.resumed', step: cp.nextStepIndex, modelCalls: cp.modelCalls }, 'resuming from checkpoint');
+  let interpreterLost = resumed && usedCodeExecutor(cp.messages);
   const tools = deps.tools.filter((t) => spec.tools.includes(t.name as JobSpec['tools'][number]));
   const specs = toolSpecs(tools);
 
@@ -94,7 +99,7 @@ export async function runAgentLoop(
       }
       cp.messages.push({ role: 'tool', results });
       cp.nextStepIndex += steps.length;
-      await store.recordSteps(jobId, steps, cp, { inputTokens: 0, outputTokens: 0 });
+      await store.recordSteps(jobId, steps, { inputTokens: 0, outputTokens: 0 });
       continue;
     }
 
@@ -128,10 +133,33 @@ export async function runAgentLoop(
     cp.messages.push({ role: 'assistant', content: reply.text, toolCalls: reply.toolCalls });
     cp.modelCalls += 1;
     cp.nextStepIndex += 1;
-    await store.recordSteps(jobId, [step], cp, reply.usage satisfies Usage);
+    await store.recordSteps(jobId, [step], reply.usage satisfies Usage);
     logger.debug({ event: 'model.replied', step: step.index, toolCalls: reply.toolCalls.length, ms: step.durationMs }, 'model replied');
     if (reply.toolCalls.length === 0) return reply.text;
   }
+}
+
+/**
+ * The conversation as the model saw it after `steps`: each model step is its reply, and the tool
+ * steps after it, together, the results it was given. Every field of a message is in its step, so
+ * nothing else is stored (a field a message gains must go into its step too); a turn whose tools ran
+ * but were not recorded is run again.
+ */
+export function resumeFrom(spec: Pick<JobSpec, 'task' | 'inputs'>, steps: readonly Step[]): Checkpoint {
+  const messages: ChatMessage[] = [{ role: 'user', content: firstMessage(spec) }];
+  let modelCalls = 0;
+  for (const step of steps) {
+    if (step.type === 'model') {
+      messages.push({ role: 'assistant', content: step.text, toolCalls: step.toolCalls });
+      modelCalls += 1;
+      continue;
+    }
+    const result: ToolResult = { callId: step.callId, name: step.name, content: step.output, isError: step.isError };
+    const last = messages[messages.length - 1];
+    if (last?.role === 'tool') last.results.push(result);
+    else messages.push({ role: 'tool', results: [result] });
+  }
+  return { messages, nextStepIndex: (steps.at(-1)?.index ?? -1) + 1, modelCalls };
 }
 
 /**

@@ -1,15 +1,15 @@
-import { UnrecoverableError, type Job } from 'bullmq';
-import { AppError } from '../../shared/src/errors';
+import { DelayedError, type Job } from 'bullmq';
 import type { JobSpec } from '../../shared/src/job-schema';
 import type { JobStore } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
-import { MaxStepsError, runAgentLoop } from './agent-loop';
+import { runAgentLoop } from './agent-loop';
 import type { ModelProvider } from './providers/model-provider';
 import type { ArtifactStore } from '../../shared/src/artifact-store';
 import type { SaveArtifactOutcome } from '../../shared/src/job-store';
 import type { Artifact, SandboxSession } from './sandbox/types';
 import type { ArtifactSink, Tool } from './tools/tool';
+import { isUnknownError, verdictOf, WorkerLost, type Verdict } from './verdict';
 
 /** Why a running job's controller was aborted. */
 export class CancelledByUser extends Error {
@@ -35,12 +35,27 @@ export interface ProcessorDeps {
   logger: Logger;
 }
 
+/** Where a started attempt stands: which one it is, of how many, and until when the job may run. */
+interface Attempt {
+  spec: JobSpec;
+  deadline: Date;
+  /** The store's `attempts` after this start, less the free hand-backs: the job's one attempt counter (see AttemptEnd.attempt). */
+  number: number;
+  max: number;
+  /** Whether a hand-back now would spend no attempt. */
+  freeHandBack: boolean;
+}
+
 /**
- * Runs queued jobs. Keeps an AbortController per running job so a cancel message (or shutdown) can
- * stop it; decides at the source whether a failure is final or worth a retry.
+ * Runs queued jobs. Keeps an AbortController per running job so a cancel (its message, or its flag
+ * found by pollCancels) or the shutdown can stop it. An attempt's fate is decided by verdictOf and
+ * recorded in the store before BullMQ hears of it: a final verdict completes the BullMQ job, anything
+ * else puts it back in the queue (putBack). BullMQ never retries a job on its own, and fails one only
+ * when the processor reached no verdict (see the worker's `failed` handler).
  */
 export class JobProcessor {
   private readonly running = new Map<string, AbortController>();
+  private polling = false;
 
   constructor(private readonly deps: ProcessorDeps) {}
 
@@ -54,11 +69,27 @@ export class JobProcessor {
     for (const controller of this.running.values()) controller.abort(new WorkerShuttingDown('worker shutting down'));
   }
 
+  /**
+   * Stops the running jobs whose owners cancelled or deleted them, read from the store: the cancel
+   * flag (or the job's absence) stays where a cancel message is gone once published, so a worker that
+   * missed one (its subscriber reconnecting) still stops. One read for all of this worker's jobs; a
+   * poll still under way is not doubled.
+   */
+  async pollCancels(): Promise<void> {
+    if (this.polling || this.running.size === 0) return;
+    this.polling = true;
+    try {
+      for (const jobId of await this.deps.store.cancelRequested([...this.running.keys()])) this.cancel(jobId);
+    } finally {
+      this.polling = false;
+    }
+  }
+
   get activeCount(): number {
     return this.running.size;
   }
 
-  readonly process = async (job: Job<QueuedJobData>): Promise<void> => {
+  readonly process = async (job: Job<QueuedJobData>, token?: string): Promise<void> => {
     const jobId = job.data.jobId;
     const { store } = this.deps;
     const logger = this.deps.logger.child({ jobId });
@@ -76,8 +107,35 @@ export class JobProcessor {
         return;
       }
       if (started.outcome !== 'started') return;
-      logger.info({ event: 'job.started', attempt: started.attempts }, 'job started');
-      await this.run(jobId, started.spec, started.deadline, controller, job, logger);
+      // The job's own setting, fixed when it was submitted; BullMQ's count of attempts is not read. A
+      // start after a hand-back on shutdown spends no attempt (up to a bound, so that a job cannot
+      // circle for ever among workers that keep stopping).
+      const free = Math.min(started.handBacks, FREE_HAND_BACKS);
+      const attempt: Attempt = {
+        spec: started.spec,
+        deadline: started.deadline,
+        number: started.attempts - free,
+        max: job.opts.attempts ?? 1,
+        freeHandBack: started.handBacks < FREE_HAND_BACKS,
+      };
+      logger.info({ event: 'job.started', attempt: attempt.number }, 'job started');
+      if (attempt.number > attempt.max) {
+        // Every attempt the processor sees to its end on the last one gets a final verdict: a start
+        // past it means the worker of the last attempt died (or lost the job) before its verdict.
+        const verdict = verdictOf({
+          error: new WorkerLost(),
+          cancelRequested: false,
+          shuttingDown: false,
+          freeHandBack: false,
+          deadlinePassed: Date.now() >= attempt.deadline.getTime(),
+          attempt: attempt.number,
+          maxAttempts: attempt.max,
+          unknownErrors: 0,
+        });
+        await this.record(jobId, verdict, logger);
+        return;
+      }
+      await this.run(jobId, attempt, controller, { job, token }, logger);
     } finally {
       this.running.delete(jobId);
     }
@@ -85,22 +143,22 @@ export class JobProcessor {
 
   private async run(
     jobId: string,
-    spec: JobSpec,
-    deadline: Date,
+    attempt: Attempt,
     controller: AbortController,
-    job: Job<QueuedJobData>,
+    bull: { job: Job<QueuedJobData>; token: string | undefined },
     logger: Logger,
   ): Promise<void> {
     const { store } = this.deps;
+    const { spec, deadline } = attempt;
     const remainingMs = deadline.getTime() - Date.now();
     const timeout = AbortSignal.timeout(Math.max(1, remainingMs));
     const signal = AbortSignal.any([controller.signal, timeout]);
     const sandbox = this.deps.sandboxFor(jobId, deadline, { inputs: (spec.inputs ?? []).length > 0 });
-    let output: string;
+    let verdict: Verdict | undefined;
     try {
       try {
         if (remainingMs <= 0) timeout.throwIfAborted();
-        output = await runAgentLoop(jobId, spec, deadline, signal, {
+        const output = await runAgentLoop(jobId, spec, deadline, signal, {
           provider: this.deps.providerFor(spec.provider),
           tools: this.deps.tools,
           store,
@@ -111,58 +169,66 @@ export class JobProcessor {
           maxOutputTokens: this.deps.maxOutputTokens,
           logger,
         });
-      } finally {
-        // Before the verdict is recorded: whoever sees the job ended sees its container gone.
-        await sandbox.close().catch((err: unknown) => logger.warn({ event: 'sandbox.close_failed', err }, 'sandbox close failed'));
+        await store.finish(jobId, { status: 'succeeded', stopReason: 'completed', result: { output } });
+        logger.info({ event: 'job.succeeded' }, 'job succeeded');
+      } catch (err) {
+        const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
+        // An error that no abort explains; an aborted attempt's error (an SDK's abort error, a killed
+        // execution) is the abort's doing, and never counts as a bug.
+        const unexplained = !signal.aborted;
+        if (unexplained) logger.warn({ event: 'job.attempt_failed', attempt: attempt.number, err }, 'job attempt failed');
+        verdict = verdictOf({
+          error: err,
+          cancelRequested: reason instanceof CancelledByUser,
+          shuttingDown: reason instanceof WorkerShuttingDown,
+          freeHandBack: attempt.freeHandBack,
+          deadlinePassed: timeout.aborted || Date.now() >= deadline.getTime(),
+          attempt: attempt.number,
+          maxAttempts: attempt.max,
+          unknownErrors: unexplained && isUnknownError(err) ? await store.countUnknownError(jobId) : 0,
+        });
+        await this.record(jobId, verdict, logger);
       }
-    } catch (err) {
-      await this.fail(jobId, err, { controller, timeout, job, logger });
-      return;
+    } finally {
+      // After the verdict, so a job's end waits for no container; before the processor returns, so
+      // BullMQ lets no job go whose container is still there. Should this worker die in between, the
+      // reaper removes the container: its job has finished.
+      await sandbox.close().catch((err: unknown) => logger.warn({ event: 'sandbox.close_failed', err }, 'sandbox close failed'));
     }
-    await store.finish(jobId, { status: 'succeeded', stopReason: 'completed', result: { output } });
-    logger.info({ event: 'job.succeeded' }, 'job succeeded');
+    if (verdict !== undefined && verdict.kind !== 'final') await this.putBack(bull.job, bull.token, verdict.kind === 'retry' ? verdict.backoffMs : 0, logger);
   }
 
-  private async fail(
-    jobId: string,
-    err: unknown,
-    ctx: { controller: AbortController; timeout: AbortSignal; job: Job<QueuedJobData>; logger: Logger },
-  ): Promise<void> {
+  /** Records a verdict in the store: the job's end, or its return to queued until its next attempt. */
+  private async record(jobId: string, verdict: Verdict, logger: Logger): Promise<void> {
     const { store } = this.deps;
-    const { controller, timeout, job, logger } = ctx;
-    const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
-    if (reason instanceof CancelledByUser) {
-      await store.finish(jobId, { status: 'cancelled', stopReason: 'cancelled', error: { code: 'cancelled', message: 'Cancelled by the caller.' } });
-      logger.info({ event: 'job.cancelled' }, 'job cancelled');
+    const error = { code: verdict.code, message: verdict.message };
+    if (verdict.kind === 'final') {
+      await store.finish(jobId, { status: verdict.status, stopReason: verdict.stopReason, error });
+      logger.info({ event: verdict.status === 'cancelled' ? 'job.cancelled' : 'job.failed', code: verdict.code }, `job ${verdict.status}`);
       return;
     }
-    if (reason instanceof WorkerShuttingDown) {
-      await store.requeue(jobId, { code: 'worker_shutdown', message: 'The worker shut down; the job will resume elsewhere.' });
-      logger.info({ event: 'job.handed_back' }, 'job handed back on shutdown');
-      throw reason; // BullMQ retries it; the checkpoint makes the retry resume.
-    }
-    // Past the deadline, whatever surfaced (an SDK's abort error, a killed execution) is the timeout.
-    if (timeout.aborted) {
-      await this.finalFailure(jobId, 'timeout', 'timeout', 'The job reached its timeoutSeconds.', logger);
-    }
-    if (err instanceof MaxStepsError) await this.finalFailure(jobId, 'max_steps', 'max_steps', err.message, logger);
-    if (err instanceof AppError && !err.retryable) await this.finalFailure(jobId, err.code, 'error', err.detail, logger);
-
-    const retryable = err instanceof AppError ? err : null;
-    const code = retryable?.code ?? 'internal';
-    const message = retryable?.detail ?? 'The worker hit an internal error.';
-    const lastAttempt = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-    logger.warn({ event: 'job.attempt_failed', code, lastAttempt, err }, 'job attempt failed');
-    if (lastAttempt) await this.finalFailure(jobId, code, 'error', message, logger);
-    await store.requeue(jobId, { code, message });
-    throw err;
+    await store.requeue(jobId, error, { handBack: verdict.kind === 'hand-back' });
+    if (verdict.kind === 'retry') logger.info({ event: 'job.retry_scheduled', code: verdict.code, backoffMs: verdict.backoffMs }, 'job will be retried');
+    else logger.info({ event: 'job.handed_back' }, 'job handed back on shutdown');
   }
 
-  /** Records a final verdict and tells BullMQ not to retry. */
-  private async finalFailure(jobId: string, code: string, stopReason: 'timeout' | 'max_steps' | 'error', message: string, logger: Logger): Promise<never> {
-    await this.deps.store.finish(jobId, { status: 'failed', stopReason, error: { code, message } });
-    logger.info({ event: 'job.failed', code }, 'job failed');
-    throw new UnrecoverableError(code);
+  /**
+   * Puts the job back in BullMQ's queue, to start again `delayMs` from now, without counting a BullMQ
+   * attempt (moveToDelayed skips the count; the store's is the one that counts) and with its priority,
+   * which promotion from the delayed set keeps. Not moveToWait: it puts a prioritized job back
+   * without the marker that wakes workers blocked on an empty queue, so an idle worker would not see
+   * it before its blocking read times out (drainDelay, 5 s), where the delayed set's marker wakes one
+   * at once. The DelayedError tells BullMQ the job has moved on, neither completed nor failed.
+   */
+  private async putBack(job: Job<QueuedJobData>, token: string | undefined, delayMs: number, logger: Logger): Promise<never> {
+    try {
+      await job.moveToDelayed(Date.now() + delayMs, token);
+    } catch (err) {
+      // The lock is lost (the job was taken over) or Redis is unreachable: BullMQ holds the job either
+      // way, and once its lock lapses the stall check hands it to a worker again.
+      logger.warn({ event: 'job.put_back_failed', message: (err as Error).message }, 'could not put the job back in the queue');
+    }
+    throw new DelayedError();
   }
 
   /**
@@ -209,3 +275,5 @@ export class JobProcessor {
 }
 
 const MIB = 1024 * 1024;
+/** Hand-backs on shutdown that spend no attempt; past them, each start counts again. */
+const FREE_HAND_BACKS = 10;

@@ -15,13 +15,13 @@ import {
   workerHeartbeatKey,
   type QueuedJobData,
 } from '../../shared/src/queue';
-import { closeRedis, createWorkerRedis } from '../../shared/src/redis';
+import { closeRedis, createWorkerRedis, refuseUnsupportedRedis } from '../../shared/src/redis';
 import { createRedisWatcher, type RedisWatcher } from '../../shared/src/redis-watch';
 import { validateAllowedDirs, type ValidatedAllowedDirs } from './allowed-dirs';
 import { CODE_DIR } from './worker-config';
 import { hostPathOf } from './host-path';
 import { RetentionSweeper } from './retention';
-import { JobProcessor, WorkerShuttingDown } from './job-processor';
+import { JobProcessor } from './job-processor';
 import { configuredProviders, createProvider, type ProvidersConfig } from './providers';
 import type { ModelProvider } from './providers/model-provider';
 import { OUTPUT_DIR } from './sandbox/container-spec';
@@ -32,6 +32,8 @@ import { ALL_TOOLS } from './tools/registry';
 
 const HEARTBEAT_TTL_S = 15;
 const HEARTBEAT_EVERY_MS = 5000;
+/** How often the cancel flags of the running jobs are read, should their cancel message have been missed. */
+const CANCEL_POLL_MS = 250;
 /** How long past the longest job a sandbox may live, and an assignment record outlive its deadline. */
 const ASSIGNMENT_MARGIN_MS = 10 * 60_000;
 const MIB = 1024 * 1024;
@@ -84,11 +86,16 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   const redisWatcher = createRedisWatcher({ logger, target: config });
   redisWatcher.watch(redis, 'main');
   redisWatcher.watch(subscriber, 'subscriber');
-  const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600);
   const files = new DirectoryArtifactStore(config.ARTIFACT_DIR, config.MAESTRO_PREFIX);
+  const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600, files);
   await files.init().catch(async (err: unknown) => {
     await Promise.all([closeRedis(subscriber), closeRedis(redis)]);
     throw new ConfigError(`invalid ARTIFACT_DIR: cannot create or write to it (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+  });
+  // Before anything is written: a Cluster node would fail the multi-key scripts of BullMQ and the store.
+  await refuseUnsupportedRedis(redis, config).catch(async (err: unknown) => {
+    await Promise.all([closeRedis(subscriber), closeRedis(redis)]);
+    throw err;
   });
   const deploymentId = await deploymentIdOf(redis, config.MAESTRO_PREFIX);
   const docker = dockerClient(config.DOCKER_HOST);
@@ -210,6 +217,10 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
 
   await subscriber.subscribe(cancelChannel(config.MAESTRO_PREFIX));
   subscriber.on('message', (_channel, jobId: string) => processor.cancel(jobId));
+  // The message is the fast path; a message published while the subscriber reconnects is lost, the flag it follows is not.
+  const cancelPollTimer = setInterval(() => {
+    processor.pollCancels().catch((err: unknown) => logger.debug({ event: 'cancel_poll.failed', message: (err as Error).message }, 'cancel poll failed'));
+  }, CANCEL_POLL_MS);
 
   const worker = absorbLateConnectionErrors(new Worker<QueuedJobData>(JOBS_QUEUE, processor.process, {
     connection: redis,
@@ -225,23 +236,24 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     if (!redisWatcher.absorb(err, 'worker')) logger.warn({ event: 'worker.error', message: err.message }, 'worker error');
   });
   const lateVerdicts = new Set<Promise<void>>();
-  worker.on('failed', (job, err) => {
-    // BullMQ sets finishedOn only when it gives a job up for good. Most such jobs already carry the
-    // processor's verdict, and finish() leaves that alone; the rest never reached one: stalled too
-    // often, handed back on shutdown on their last attempt, or the store failing before the run.
-    // Without a verdict they would read as queued forever and hold a place in the caller's cap.
+  worker.on('failed', (job) => {
+    // The processor records every verdict it reaches before BullMQ lets the job go (completes it or
+    // gets it back delayed), so BullMQ gives a job up for good (finishedOn) only when none was
+    // reached: it stalled more than maxStalledCount times (failed with no call to the processor:
+    // deferredFailure), or on BullMQ's last try an error escaped the processor (the store failing
+    // while the verdict was recorded). Without one it would read as queued or running forever and
+    // hold a place in its caller's cap. finish() leaves a recorded verdict alone.
     if (!job?.finishedOn) return;
-    const lost = /stalled/i.test(err.message) || err instanceof WorkerShuttingDown;
-    const error = lost
+    const error = job.deferredFailure
       ? { code: 'worker_lost', message: 'The workers running this job kept stopping.' }
-      : { code: 'internal', message: 'The worker hit an internal error on every attempt.' };
+      : { code: 'internal', message: 'The worker hit an internal error and could not record the outcome of the job.' };
     const recording = store.finish(job.data.jobId, { status: 'failed', stopReason: 'error', error }).then(
       () => undefined,
       (finishErr: unknown) => {
         logger.warn({ event: 'job.verdict_failed', jobId: job.data.jobId, message: (finishErr as Error).message }, 'could not record a failed job');
       },
     );
-    // Shutdown is when this happens most (jobs handed back on their last attempt): it waits for these.
+    // Shutdown waits for these, should BullMQ give up a job while the worker closes.
     lateVerdicts.add(recording);
     void recording.finally(() => lateVerdicts.delete(recording));
   });
@@ -268,6 +280,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     await worker.close();
     await Promise.all(lateVerdicts);
     clearTimeout(grace);
+    clearInterval(cancelPollTimer);
     clearInterval(reaperTimer);
     clearInterval(heartbeatTimer);
     await sandboxes.close();

@@ -3,7 +3,7 @@ import type { RequestHandler } from 'express';
 import type { Redis } from 'ioredis';
 import { AppError, NotFoundError, ValidationError } from '../../../shared/src/errors';
 import { TERMINAL_STATUSES, type JobStatus } from '../../../shared/src/job-schema';
-import type { JobStore } from '../../../shared/src/job-store';
+import type { JobEvent, JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
 import type { RedisWatcher } from '../../../shared/src/redis-watch';
 import { sendProblem } from '../problem';
@@ -58,9 +58,10 @@ export interface JobEventsDeps {
 }
 
 /**
- * `GET /v1/jobs/{id}/events`: Server-Sent Events from the job's Redis stream. Each event carries its
- * stream id, so `Last-Event-ID` resumes exactly after the last event a client saw; the stream ends
- * after the terminal status event, and a client arriving later still gets the whole history.
+ * `GET /v1/jobs/{id}/events`: Server-Sent Events from the job's Redis stream while it is live, and
+ * from its record once it has finished. Each event carries its stream id (the record keeps them), so
+ * `Last-Event-ID` resumes exactly after the last event a client saw; the stream ends after the
+ * terminal status event, and a client arriving later still gets the whole history.
  */
 export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
   const { store, redis, logger, maxStreamsPerCaller } = deps;
@@ -85,12 +86,20 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
 
     const id = deps.jobIdParam(req);
     const caller = res.locals.caller as string;
-    if (!(await store.getFor(caller, id))) throw new NotFoundError('No such job.');
+    const log = await store.eventLog(caller, id);
+    if (!log) throw new NotFoundError('No such job.');
     const lastEventId = req.get('last-event-id');
     if (lastEventId !== undefined && !STREAM_ID.test(lastEventId)) {
       throw new ValidationError('Invalid Last-Event-ID: send an id received from this stream.', [
         { field: 'Last-Event-ID', message: 'must be an event id from this stream' },
       ]);
+    }
+    if (!log.live) {
+      // Sent at once from the record and ended: it holds no Redis connection, so it takes no slot.
+      openEventStream(res);
+      writeEvents(res, log.events, lastEventId ?? '0-0');
+      res.end();
+      return;
     }
 
     if (openStreams >= MAX_OPEN_STREAMS) {
@@ -119,14 +128,7 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
       });
     });
     if (gone) return;
-    res.writeHead(200, {
-      'Content-Type': 'text/event-stream; charset=utf-8',
-      'Cache-Control': 'no-cache, no-transform',
-      Connection: 'keep-alive',
-      // Proxies such as nginx would otherwise buffer the stream.
-      'X-Accel-Buffering': 'no',
-    });
-    res.write('retry: 2000\n\n');
+    openEventStream(res);
 
     // XREAD BLOCK holds its connection, so each stream gets its own, closed when the client leaves.
     const conn = redis.duplicate({ maxRetriesPerRequest: null, enableAutoPipelining: false });
@@ -150,6 +152,14 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
         const reply = await conn.xread('COUNT', 100, 'BLOCK', deps.heartbeatMs, 'STREAMS', store.eventsKey(id), cursor);
         if (gone) break;
         if (reply === null) {
+          // Quiet, or its stream is gone: a job that finished more than a grace ago (see job-store
+          // EVENTS_GRACE_MS) while this stream was not waiting has the rest in its record.
+          const now = await store.eventLog(caller, id);
+          if (now === null) break; // deleted
+          if (!now.live) {
+            writeEvents(res, now.events, cursor);
+            break;
+          }
           res.write(': heartbeat\n\n');
           continue;
         }
@@ -168,6 +178,31 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
       res.end();
     }
   };
+}
+
+function openEventStream(res: Parameters<RequestHandler>[1]): void {
+  res.writeHead(200, {
+    'Content-Type': 'text/event-stream; charset=utf-8',
+    'Cache-Control': 'no-cache, no-transform',
+    Connection: 'keep-alive',
+    // Proxies such as nginx would otherwise buffer the stream.
+    'X-Accel-Buffering': 'no',
+  });
+  res.write('retry: 2000\n\n');
+}
+
+/** A finished job's events after `cursor` (a stream id), in order. */
+function writeEvents(res: Parameters<RequestHandler>[1], events: readonly JobEvent[], cursor: string): void {
+  const [ms, seq] = streamIdParts(cursor);
+  for (const event of events) {
+    const [eventMs, eventSeq] = streamIdParts(event.id);
+    if (eventMs > ms || (eventMs === ms && eventSeq > seq)) res.write(`id: ${event.id}\nevent: ${event.type}\ndata: ${event.data}\n\n`);
+  }
+}
+
+function streamIdParts(id: string): [bigint, bigint] {
+  const [ms, seq] = id.split('-');
+  return [BigInt(ms ?? 0), BigInt(seq ?? 0)];
 }
 
 function parseEntries(reply: [string, [string, string[]][]][]): { id: string; type: string; data: string }[] {

@@ -19,6 +19,7 @@ import { sendProblem } from '../problem';
 import { jobEventsHandler } from './job-events';
 import type { Redis } from 'ioredis';
 import type { RedisWatcher } from '../../../shared/src/redis-watch';
+import type { RedisRoom } from '../redis-room';
 
 export interface JobsRouterDeps {
   config: Config;
@@ -30,6 +31,8 @@ export interface JobsRouterDeps {
   logger: Logger;
   /** Follows each event stream's own Redis connection (see job-events.ts). */
   redisWatcher?: RedisWatcher;
+  /** Whether Redis has room for new jobs. */
+  room: RedisRoom;
 }
 
 export const listQuerySchema = z.strictObject({
@@ -75,6 +78,12 @@ function fingerprint(body: unknown): string {
  */
 const ACTIVE_CAP_RETRY_AFTER_S = 30;
 
+/**
+ * Retry-After while Redis is nearly full. Room comes back as running jobs finish (a finished job's
+ * history leaves Redis for its record on disk) or as old jobs expire: tens of seconds at the least.
+ */
+const REDIS_FULL_RETRY_AFTER_S = 30;
+
 function jobIdParam(req: Request): string {
   const id = req.params.id;
   // Anything that is not shaped like a job id cannot be one: answer 404 without asking Redis.
@@ -105,6 +114,17 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       });
     }
     const idempotencyKey = parseIdempotencyKey(req.get('idempotency-key'));
+    // Before an upload is read: nothing is taken in that could not be stored.
+    if (await deps.room.nearlyFull()) {
+      res.set('Retry-After', String(REDIS_FULL_RETRY_AFTER_S));
+      sendProblem(
+        res,
+        503,
+        'redis_nearly_full',
+        'The job store is nearly full (REDIS_NEARLY_FULL_PERCENT of Redis maxmemory), so new jobs wait until running ones finish; existing jobs can still be read. Retry later.',
+      );
+      return;
+    }
     if (!multipart) {
       await createJob(req, res, req.body, [], idempotencyKey);
       return;
@@ -213,7 +233,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
   router.get('/', async (req, res) => {
     const query = parseOrThrow(listQuerySchema, req.query, 'query');
     const page = await store.list(res.locals.caller as string, query);
-    res.json({ jobs: page.jobs.map(({ steps: _steps, ...summary }) => summary), nextCursor: page.nextCursor });
+    res.json({ jobs: page.jobs, nextCursor: page.nextCursor });
   });
 
   router.get('/:id', async (req, res) => {

@@ -103,7 +103,7 @@ export class SandboxManager {
     const mounts: SandboxContainerMounts = opts.inputsHostDir === undefined ? {} : { inputsHostDir: opts.inputsHostDir };
     return new JobSandboxSession({
       logger,
-      acquire: (signal) => this.acquire({ jobId, created: new Date(), deadline: opts.deadline }, mounts, signal),
+      acquire: () => this.acquire({ jobId, created: new Date(), deadline: opts.deadline }, mounts),
       release: (container) => this.release(container),
     });
   }
@@ -122,8 +122,8 @@ export class SandboxManager {
     return this.closing;
   }
 
-  private async acquire(labels: SandboxContainerLabels, mounts: SandboxContainerMounts, signal: AbortSignal): Promise<SandboxContainer> {
-    signal.throwIfAborted();
+  /** A container for a job, from the pool or launched for it; the session waits for it or, once aborted, removes it. */
+  private async acquire(labels: SandboxContainerLabels, mounts: SandboxContainerMounts): Promise<SandboxContainer> {
     if (this.closed) throw new SandboxError('the sandbox manager is closed', { retryable: true });
     // A pool container has no job mounts: a job that needs some gets a fresh container.
     const pooled = this.opts.settings.poolSize > 0 && mounts.inputsHostDir === undefined;
@@ -135,25 +135,7 @@ export class SandboxManager {
         .then((c) => assign(c.id, assignment))
         .catch((err: unknown) => this.logger.warn({ event: 'sandbox.assign_failed', err: (err as Error).message }));
     }
-    return new Promise((resolve, reject) => {
-      const onAbort = (): void => {
-        // The launch goes on; its container is removed as soon as it exists.
-        void pending.then((c) => this.release(c)).catch(() => undefined);
-        reject(signal.reason ?? new DOMException('This operation was aborted', 'AbortError'));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      pending.then(
-        (c) => {
-          signal.removeEventListener('abort', onAbort);
-          if (signal.aborted) return;
-          resolve(c);
-        },
-        (err: unknown) => {
-          signal.removeEventListener('abort', onAbort);
-          reject(err);
-        },
-      );
-    });
+    return pending;
   }
 
   private launch(labels: SandboxContainerLabels, mounts: SandboxContainerMounts = {}): Promise<SandboxContainer> {

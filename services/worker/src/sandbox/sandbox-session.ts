@@ -20,7 +20,8 @@ export class JobSandboxSession implements SandboxSession {
 
   constructor(
     private readonly opts: {
-      acquire: (signal: AbortSignal) => Promise<SandboxContainer>;
+      /** A container for the job; it is this session's to release once it resolves, whatever happened meanwhile. */
+      acquire: () => Promise<SandboxContainer>;
       release: (container: SandboxContainer) => Promise<void>;
       logger: Logger;
     },
@@ -49,9 +50,9 @@ export class JobSandboxSession implements SandboxSession {
     const started = performance.now();
     let reset = false;
     if (!this.container) {
-      const container = await this.opts.acquire(opts.signal);
+      const container = await this.acquire(opts.signal);
       if (this.closed) {
-        await this.opts.release(container);
+        await this.remove(container);
         throw new SandboxError('the sandbox session is closed', { retryable: false });
       }
       this.container = container;
@@ -80,10 +81,40 @@ export class JobSandboxSession implements SandboxSession {
     if (this.container !== container) return;
     this.container = undefined;
     this.lostOne = true;
+    void this.remove(container);
+  }
+
+  /**
+   * A container, unless the signal aborts first: the run stops waiting then, while the launch goes
+   * on and its container, once there, is removed as one of this session's (so close() waits for it).
+   */
+  private acquire(signal: AbortSignal): Promise<SandboxContainer> {
+    const pending = this.opts.acquire();
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        this.removals.push(pending.then((container) => this.remove(container), () => undefined));
+        reject(signal.reason ?? new DOMException('This operation was aborted', 'AbortError'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      pending.then(
+        (container) => {
+          signal.removeEventListener('abort', onAbort);
+          if (!signal.aborted) resolve(container);
+        },
+        (err: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /** Removes a container in the background; the next run need not wait for it, but close() does. */
+  private remove(container: SandboxContainer): Promise<void> {
     const removal = this.opts
       .release(container)
       .catch((err: unknown) => this.opts.logger.warn({ event: 'sandbox.remove_failed', err: (err as Error).message }));
-    // The next run need not wait for it, but the job's end does: close() awaits every removal.
     this.removals.push(removal);
+    return removal;
   }
 }
