@@ -146,6 +146,7 @@ return {1, redis.call('HGET', KEYS[1], 'deadlineMs'), attempts, redis.call('HGET
 const REQUEUE = `
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' then return 0 end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 -- A hand-back on shutdown: counted apart, so that it does not spend one of the job's attempts.
@@ -255,7 +256,9 @@ return 0
 const RECORD_STEPS = `
 local st = redis.call('HGET', KEYS[1], 'status')
 if (not st) or st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
-for i = 3, #ARGV do
+-- Fenced: a worker whose attempt was taken over (its lock lapsed) must not write beside the new one.
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[3] then return -2 end
+for i = 4, #ARGV do
   redis.call('XADD', KEYS[2], '*', 'type', 'step', 'data', ARGV[i])
 end
 if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'inputTokens', ARGV[1]) end
@@ -271,6 +274,17 @@ if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
 redis.call('HSET', KEYS[1], 'cancelRequested', '1')
 return st
 `;
+
+/**
+ * A write of an attempt that a newer one has replaced (its worker's BullMQ lock lapsed and another
+ * worker took the job over): the old attempt must stop, leaving the job to the new one.
+ */
+export class AttemptSuperseded extends Error {
+  override readonly name = 'AttemptSuperseded';
+  constructor(jobId: string) {
+    super(`job ${jobId} was taken over by a newer attempt`);
+  }
+}
 
 /** What `create` did: made the job, found the Idempotency-Key's job, or refused. */
 export type CreateOutcome =
@@ -567,8 +581,12 @@ export class JobStore {
   }
 
   /** A running job goes back to queued while it waits for a retry, or for another worker after a hand-back. */
-  async requeue(id: string, reason: { code: string; message: string }, opts: { handBack?: boolean } = {}): Promise<void> {
-    await this.run(REQUEUE, [this.key(id), this.key(id, 'events')], [JSON.stringify({ status: 'queued', retry: reason }), opts.handBack ? '1' : '0']);
+  async requeue(id: string, reason: { code: string; message: string }, opts: { handBack?: boolean; attempt?: number } = {}): Promise<void> {
+    await this.run(
+      REQUEUE,
+      [this.key(id), this.key(id, 'events')],
+      [JSON.stringify({ status: 'queued', retry: reason }), opts.handBack ? '1' : '0', opts.attempt ?? ''],
+    );
   }
 
   /**
@@ -576,12 +594,13 @@ export class JobStore {
    * are the checkpoint too, so a job resumed after a crash never repeats a recorded step nor misses one.
    * Each step is sent once and appended once, whatever the job's length.
    */
-  async recordSteps(id: string, steps: Step[], usage: Usage): Promise<void> {
-    await this.run(
+  async recordSteps(id: string, steps: Step[], usage: Usage, opts: { attempt?: number } = {}): Promise<void> {
+    const res = await this.run(
       RECORD_STEPS,
       [this.key(id), this.key(id, 'events')],
-      [usage.inputTokens, usage.outputTokens, ...steps.map((step) => JSON.stringify(step))],
+      [usage.inputTokens, usage.outputTokens, opts.attempt ?? '', ...steps.map((step) => JSON.stringify(step))],
     );
+    if (res === -2) throw new AttemptSuperseded(id);
   }
 
   /** The steps a job has recorded, in order: what a resumed job rebuilds its conversation from. */
@@ -686,6 +705,8 @@ export class JobStore {
       error?: { code: string; message: string };
     },
     now = new Date(),
+    /** The attempt (the store's `attempts` when it started) this verdict is of; a newer one wins. */
+    fence: { attempt?: number } = {},
   ): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       const [[, hash], [, entries], [, artifacts]] = (await this.redis
@@ -701,6 +722,9 @@ export class JobStore {
         await this.redis.zrem(this.activeKey(caller), id);
         return false;
       }
+      // Taken over by a newer attempt: its verdict is that attempt's to record. (MARK_RUNNING moves
+      // `version`, so the script below refuses a takeover that lands after this read.)
+      if (fence.attempt !== undefined && hash.attempts !== String(fence.attempt)) return false;
       const events = entries.map(([eventId, fields]) => eventOf(eventId, fields));
       const final: JobEvent = {
         id: nextEventId(events.at(-1)?.id, now),

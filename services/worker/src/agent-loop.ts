@@ -27,6 +27,8 @@ export interface AgentLoopDeps {
   sandboxTimeoutMs: number;
   maxOutputTokens: number;
   logger: Logger;
+  /** The store's attempt count when this run started: its writes are refused once a newer attempt has begun. */
+  attempt?: number;
 }
 
 /** The model kept asking for tools until `maxSteps` model calls were spent. Final: never retried. */
@@ -99,7 +101,7 @@ export async function runAgentLoop(
       }
       cp.messages.push({ role: 'tool', results });
       cp.nextStepIndex += steps.length;
-      await store.recordSteps(jobId, steps, { inputTokens: 0, outputTokens: 0 });
+      await store.recordSteps(jobId, steps, { inputTokens: 0, outputTokens: 0 }, { attempt: deps.attempt });
       continue;
     }
 
@@ -133,7 +135,7 @@ export async function runAgentLoop(
     cp.messages.push({ role: 'assistant', content: reply.text, toolCalls: reply.toolCalls });
     cp.modelCalls += 1;
     cp.nextStepIndex += 1;
-    await store.recordSteps(jobId, [step], reply.usage satisfies Usage);
+    await store.recordSteps(jobId, [step], reply.usage satisfies Usage, { attempt: deps.attempt });
     logger.debug({ event: 'model.replied', step: step.index, toolCalls: reply.toolCalls.length, ms: step.durationMs }, 'model replied');
     if (reply.toolCalls.length === 0) return reply.text;
   }

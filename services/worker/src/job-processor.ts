@@ -1,12 +1,11 @@
 import { DelayedError, type Job } from 'bullmq';
 import type { JobSpec } from '../../shared/src/job-schema';
-import type { JobStore } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
 import { runAgentLoop } from './agent-loop';
 import type { ModelProvider } from './providers/model-provider';
 import type { ArtifactStore } from '../../shared/src/artifact-store';
-import type { SaveArtifactOutcome } from '../../shared/src/job-store';
+import { AttemptSuperseded, type JobStore, type SaveArtifactOutcome } from '../../shared/src/job-store';
 import type { Artifact, SandboxSession } from './sandbox/types';
 import type { ArtifactSink, Tool } from './tools/tool';
 import { isUnknownError, verdictOf, WorkerLost, type Verdict } from './verdict';
@@ -44,6 +43,8 @@ interface Attempt {
   max: number;
   /** Whether a hand-back now would spend no attempt. */
   freeHandBack: boolean;
+  /** The store's `attempts` as this start left it: the fence every write of this attempt carries. */
+  fence: number;
 }
 
 /**
@@ -117,6 +118,7 @@ export class JobProcessor {
         number: started.attempts - free,
         max: job.opts.attempts ?? 1,
         freeHandBack: started.handBacks < FREE_HAND_BACKS,
+        fence: started.attempts,
       };
       logger.info({ event: 'job.started', attempt: attempt.number }, 'job started');
       if (attempt.number > attempt.max) {
@@ -132,7 +134,7 @@ export class JobProcessor {
           maxAttempts: attempt.max,
           unknownErrors: 0,
         });
-        await this.record(jobId, verdict, logger);
+        await this.record(jobId, verdict, attempt.fence, logger);
         return;
       }
       await this.run(jobId, attempt, controller, { job, token }, logger);
@@ -168,10 +170,17 @@ export class JobProcessor {
           sandboxTimeoutMs: this.deps.sandboxTimeoutMs,
           maxOutputTokens: this.deps.maxOutputTokens,
           logger,
+          attempt: attempt.fence,
         });
-        await store.finish(jobId, { status: 'succeeded', stopReason: 'completed', result: { output } });
+        await store.finish(jobId, { status: 'succeeded', stopReason: 'completed', result: { output } }, new Date(), { attempt: attempt.fence });
         logger.info({ event: 'job.succeeded' }, 'job succeeded');
       } catch (err) {
+        if (err instanceof AttemptSuperseded) {
+          // This worker lost the job (its lock lapsed, in a Redis outage or a stall) and another took
+          // it over: the new attempt owns it now, verdict included.
+          logger.warn({ event: 'job.superseded', attempt: attempt.number }, 'job taken over by a newer attempt; stopping this one');
+          return;
+        }
         const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined;
         // An error that no abort explains; an aborted attempt's error (an SDK's abort error, a killed
         // execution) is the abort's doing, and never counts as a bug.
@@ -187,7 +196,7 @@ export class JobProcessor {
           maxAttempts: attempt.max,
           unknownErrors: unexplained && isUnknownError(err) ? await store.countUnknownError(jobId) : 0,
         });
-        await this.record(jobId, verdict, logger);
+        await this.record(jobId, verdict, attempt.fence, logger);
       }
     } finally {
       // After the verdict, so a job's end waits for no container; before the processor returns, so
@@ -199,15 +208,15 @@ export class JobProcessor {
   }
 
   /** Records a verdict in the store: the job's end, or its return to queued until its next attempt. */
-  private async record(jobId: string, verdict: Verdict, logger: Logger): Promise<void> {
+  private async record(jobId: string, verdict: Verdict, fence: number | undefined, logger: Logger): Promise<void> {
     const { store } = this.deps;
     const error = { code: verdict.code, message: verdict.message };
     if (verdict.kind === 'final') {
-      await store.finish(jobId, { status: verdict.status, stopReason: verdict.stopReason, error });
+      await store.finish(jobId, { status: verdict.status, stopReason: verdict.stopReason, error }, new Date(), { attempt: fence });
       logger.info({ event: verdict.status === 'cancelled' ? 'job.cancelled' : 'job.failed', code: verdict.code }, `job ${verdict.status}`);
       return;
     }
-    await store.requeue(jobId, error, { handBack: verdict.kind === 'hand-back' });
+    await store.requeue(jobId, error, { handBack: verdict.kind === 'hand-back', attempt: fence });
     if (verdict.kind === 'retry') logger.info({ event: 'job.retry_scheduled', code: verdict.code, backoffMs: verdict.backoffMs }, 'job will be retried');
     else logger.info({ event: 'job.handed_back' }, 'job handed back on shutdown');
   }
