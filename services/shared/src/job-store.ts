@@ -481,15 +481,21 @@ export class JobStore {
     return status === null || TERMINAL_STATUSES.includes(status);
   }
 
-  /** The job as its owner sees it, or null when it does not exist or belongs to someone else. */
-  async getFor(caller: string, id: string): Promise<JobView | null> {
-    // One transaction: a job that finishes meanwhile is read whole from Redis or whole from its record.
+  /** A live job whole, in one transaction: its hash, its event stream and its artifacts' metadata. */
+  private async snapshot(id: string): Promise<{ hash: Record<string, string>; entries: [string, string[]][]; artifacts: string[] }> {
     const [[, hash], [, entries], [, artifacts]] = (await this.redis
       .multi()
       .hgetall(this.key(id))
       .xrange(this.key(id, 'events'), '-', '+')
       .hvals(this.key(id, 'artifacts'))
       .exec()) as [[null, Record<string, string>], [null, [string, string[]][]], [null, string[]]];
+    return { hash, entries, artifacts };
+  }
+
+  /** The job as its owner sees it, or null when it does not exist or belongs to someone else. */
+  async getFor(caller: string, id: string): Promise<JobView | null> {
+    // One transaction: a job that finishes meanwhile is read whole from Redis or whole from its record.
+    const { hash, entries, artifacts } = await this.snapshot(id);
     if (hash.caller !== caller) return null;
     if (hash.record !== undefined) return (await this.readRecord(id, hash.record))?.view ?? null;
     if (!hash.spec) return null;
@@ -709,12 +715,7 @@ export class JobStore {
     fence: { attempt?: number } = {},
   ): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
-      const [[, hash], [, entries], [, artifacts]] = (await this.redis
-        .multi()
-        .hgetall(this.key(id))
-        .xrange(this.key(id, 'events'), '-', '+')
-        .hvals(this.key(id, 'artifacts'))
-        .exec()) as [[null, Record<string, string>], [null, [string, string[]][]], [null, string[]]];
+      const { hash, entries, artifacts } = await this.snapshot(id);
       const caller = hash.caller;
       if (caller === undefined) return false;
       if (!hash.spec || TERMINAL_STATUSES.includes(hash.status as JobStatus)) {
