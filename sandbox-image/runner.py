@@ -1,11 +1,15 @@
 """Maestro sandbox runner: one Python interpreter per container, one JSON line per request/response.
 
 Protocol (over the container's stdin/stdout): after start-up the runner writes {"ready": true}.
-Each request is {"id": N, "code": "...", "limit"?: bytes}; each response is one line
-{"id", "stdout", "stderr", "exitCode", "error"?, "truncated": {"stdout", "stderr"}, "files", "skipped",
-"stopped"}, where "files" lists [{"name", "size"}] and "stopped" counts the background processes
-ended with the cell. The bytes of the listed files follow, concatenated in list order, as lines
-{"id", "data": base64} of at most CHUNK_BYTES each.
+Each request is {"id": N, "code": "...", "limit"?: bytes}. While the cell runs, what it prints comes
+as lines {"id", "stream": "stdout" | "stderr", "text"}, per stream every LIVE_SECONDS while there is
+new output and once more before the response, each with the bytes kept since the previous one (at
+most LIVE_FRAME_BYTES a line): only kept bytes, so a stream's texts together are exactly the
+response's text of that stream, never more than `limit` bytes. Then the response, one
+line {"id", "stdout", "stderr", "exitCode", "error"?, "truncated": {"stdout", "stderr"}, "files",
+"skipped", "stopped"}, where "files" lists [{"name", "size"}] and "stopped" counts the background
+processes ended with the cell. The bytes of the listed files follow, concatenated in list order, as
+lines {"id", "data": base64} of at most CHUNK_BYTES each.
 
 Arguments (each optional, in any order; the worker passes all of them): --limit BYTES (the cap per
 stream), --artifact-files N, --artifact-bytes BYTES and --artifact-file-bytes BYTES (what one
@@ -21,6 +25,7 @@ stream, and nothing it reads from stdin can swallow the next request.
 """
 import base64
 import builtins
+import codecs
 import ctypes
 import errno
 import json
@@ -52,6 +57,12 @@ MPL_CACHE_SEED = "/opt/maestro/matplotlib"
 CHUNK_BYTES = 768 * 1024
 # How long the processes a cell left behind get to disappear after SIGKILL.
 STOP_WAIT_SECONDS = 2.0
+# How often a running cell's new output is sent: a watcher sees it within a tenth of a second, and a
+# tight print loop costs a few lines a second per stream rather than one per print.
+LIVE_SECONDS = 0.05
+# Raw bytes of output per live line at most: even escaped (6 characters a byte, at worst) a line
+# stays far below the host's line limit, whatever cap the worker sets.
+LIVE_FRAME_BYTES = 256 * 1024
 
 
 class Capture:
@@ -64,6 +75,11 @@ class Capture:
         self.dropped = 0
         self.read_fd, self.write_fd = os.pipe()
         self.done = threading.Event()
+        # Guards `chunks` against the live sender, which takes what was kept so far while this drains.
+        self.lock = threading.Lock()
+        self.taken = 0
+        # Incremental, so a character split across two reads (or two takes) is not mangled.
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def drain(self):
         try:
@@ -73,7 +89,8 @@ class Capture:
                     break
                 room = self.limit - self.kept
                 if room > 0:
-                    self.chunks.append(data[:room])
+                    with self.lock:
+                        self.chunks.append(data[:room])
                     self.kept += min(room, len(data))
                 self.dropped += max(0, len(data) - max(room, 0))
         except OSError:
@@ -84,6 +101,64 @@ class Capture:
 
     def text(self):
         return b"".join(self.chunks).decode("utf-8", "replace")
+
+    def take(self):
+        """The bytes kept since the previous take."""
+        with self.lock:
+            fresh = self.chunks[self.taken :]
+            self.taken = len(self.chunks)
+        return b"".join(fresh)
+
+
+class LiveOutput:
+    """Sends a running cell's output as the captures keep it, as {"id", "stream", "text"} lines.
+
+    One long-lived thread (a thread per cell is slow under gVisor) wakes every LIVE_SECONDS while a
+    cell runs and sends, per stream, what was kept since its previous line; `finish` sends the rest,
+    before the cell's response. Only kept bytes are sent and they are decoded as the response decodes
+    them, so the texts of a stream together are its response text exactly, never more than the cap:
+    once the cap is reached nothing more is sent.
+    """
+
+    def __init__(self, send):
+        self.send = send
+        # Serialises the periodic sends with `finish`, so nothing of a cell is sent after its rest.
+        self.lock = threading.Lock()
+        self.running = threading.Event()
+        self.cell = None
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def start(self, rid, out, err):
+        with self.lock:
+            self.cell = (rid, (("stdout", out), ("stderr", err)))
+        self.running.set()
+
+    def finish(self):
+        """Sends what is left once the captures are drained; an incomplete last character becomes U+FFFD, as in the response."""
+        self.running.clear()
+        with self.lock:
+            self._flush(final=True)
+            self.cell = None
+
+    def _loop(self):
+        while True:
+            self.running.wait()
+            time.sleep(LIVE_SECONDS)
+            with self.lock:
+                self._flush(final=False)
+
+    def _flush(self, final):
+        if self.cell is None:
+            return
+        rid, streams = self.cell
+        for name, cap in streams:
+            data = cap.take()
+            texts = [cap.decoder.decode(data[i : i + LIVE_FRAME_BYTES]) for i in range(0, len(data), LIVE_FRAME_BYTES)]
+            if final:
+                texts.append(cap.decoder.decode(b"", final=True))
+            for text in texts:
+                if text:
+                    self.send({"id": rid, "stream": name, "text": text})
 
 
 class Drainer:
@@ -338,9 +413,10 @@ def exit_code_of(exc):
 DRAINERS = {}
 
 
-def run_cell(code, env, limit):
+def run_cell(code, env, limit, rid, live):
     out = DRAINERS["out"].capture(limit)
     err = DRAINERS["err"].capture(limit)
+    live.start(rid, out, err)
     saved = (sys.stdout, sys.stderr)
     os.dup2(out.write_fd, 1)
     os.dup2(err.write_fd, 2)
@@ -377,6 +453,7 @@ def run_cell(code, env, limit):
             # Something outlived the kill and still holds the pipe (it cannot, short of a process
             # stuck in the kernel): leave that drainer to it and give the next cells a fresh one.
             DRAINERS[key] = Drainer()
+    live.finish()
     if error is not None and len(error) > limit:
         error = error[: limit // 2] + "\n[... traceback truncated ...]\n" + error[-limit // 2 :]
     return {
@@ -503,13 +580,19 @@ def main():
     DRAINERS["out"] = Drainer()
     DRAINERS["err"] = Drainer()
 
+    # Live output is sent from its own thread: a line is written whole, never between another's bytes.
+    send_lock = threading.Lock()
+
     def send(obj):
-        frames.write(json.dumps(obj, ensure_ascii=True).encode("ascii") + b"\n")
-        frames.flush()
+        line = json.dumps(obj, ensure_ascii=True).encode("ascii") + b"\n"
+        with send_lock:
+            frames.write(line)
+            frames.flush()
 
     env = {"__name__": "__main__", "__builtins__": builtins}
     watcher = OutputWatcher(OUTPUT_DIR, args["--artifact-files"], args["--artifact-bytes"], args["--artifact-file-bytes"])
     watcher.scan()
+    live = LiveOutput(send)
     send({"ready": True})
     while True:
         line = requests.readline()
@@ -525,7 +608,7 @@ def main():
         except (ValueError, KeyError, TypeError) as exc:
             send({"id": None, "protocolError": str(exc)})
             continue
-        result = run_cell(code, env, limit)
+        result = run_cell(code, env, limit, rid, live)
         files, data, skipped = watcher.collect()
         result["id"] = rid
         result["files"] = files

@@ -207,7 +207,7 @@ test('100 jobs through SIGKILLed workers and a Redis restart: each ends exactly 
   // The events stream of each finished job, replayed: one terminal status, each step once.
   for (const id of ids) {
     const read = await readSse(`${s.api.url}/v1/jobs/${id}/events`);
-    const statuses = read.events.filter((e) => e.event !== 'step').map((e) => (JSON.parse(e.data) as { status?: string }).status);
+    const statuses = read.events.filter((e) => e.event === 'status').map((e) => (JSON.parse(e.data) as { status?: string }).status);
     const terminal = statuses.filter((st) => st !== undefined && TERMINAL.has(st));
     if (!read.ended || terminal.length !== 1) failures.push(`${id}: events stream statuses ${JSON.stringify(statuses)} (ended: ${read.ended})`);
     const stepIndexes = read.events.filter((e) => e.event === 'step').map((e) => (JSON.parse(e.data) as { index: number }).index);

@@ -265,7 +265,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         get: {
           summary: "Stream the job's events (Server-Sent Events)",
           description:
-            'Events `status` and `step`, each with an id; send `Last-Event-ID` to resume after it. Heartbeat comments keep the connection open; the stream ends after the terminal status.',
+            'Events `status`, `step` and `output`, each with an id; send `Last-Event-ID` to resume after it. An `output` event is what a running `code_executor` call printed, `{"step", "stream": "stdout" | "stderr", "text"}`: sent at least every 100 ms while the code prints, in order, all before the event of that step (`step` is its index), and only what the step keeps (each stream at most the per-stream output limit). Heartbeat comments keep the connection open; the stream ends after the terminal status.',
           parameters: [jobId, { name: 'Last-Event-ID', in: 'header', required: false, schema: { type: 'string', pattern: '^\\d+-\\d+$' } }],
           responses: {
             '200': { description: 'An event stream.', content: { 'text/event-stream': { schema: { type: 'string' } } } },

@@ -8,11 +8,19 @@ const gzipAsync = promisify(gzip);
 /** The first line's `format`: a reader meeting another one refuses the file rather than guess. */
 export const RECORD_FORMAT = 'maestro.job-record/1';
 
-/** One entry of a job's event stream, as SSE sends it: `data` is its JSON text. */
+/**
+ * One entry of a job's event stream, as SSE sends it: `data` is its JSON text. `output` is what a
+ * running code_executor call printed (`{"step", "stream", "text"}`); only `step` entries are steps.
+ */
 export interface JobEvent {
   id: string;
-  type: 'status' | 'step';
+  type: 'status' | 'step' | 'output';
   data: string;
+}
+
+/** An entry's `type` field as a JobEvent's type; anything else is a `status`, as it always was. */
+export function eventType(raw: string | undefined): JobEvent['type'] {
+  return raw === 'step' || raw === 'output' ? raw : 'status';
 }
 
 /** An artifact's metadata as the job store keeps it: what the API shows, plus where its bytes are. */

@@ -15,6 +15,7 @@ import { newJobId } from './ids';
 import {
   decodeRecord,
   encodeRecord,
+  eventType,
   publicArtifacts,
   readRecordHeader,
   RECORD_FORMAT,
@@ -267,6 +268,24 @@ redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1
 `;
 
+/**
+ * Appends what a running code_executor call printed, as `output` entries, with the same guards as
+ * RECORD_STEPS: nothing for a deleted or ended job, nothing from a superseded attempt. Not a step:
+ * the checkpoint and every count of steps skip these. Bumps `version`, since the record holds them.
+ * KEYS: 1 job, 2 events
+ * ARGV: 1 attempt ('' for none), 2.. entries' data
+ */
+const APPEND_OUTPUT = `
+local st = redis.call('HGET', KEYS[1], 'status')
+if (not st) or st == 'succeeded' or st == 'failed' or st == 'cancelled' then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return -2 end
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[2], '*', 'type', 'output', 'data', ARGV[i])
+end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return 1
+`;
+
 const REQUEST_CANCEL = `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
@@ -284,6 +303,12 @@ export class AttemptSuperseded extends Error {
   constructor(jobId: string) {
     super(`job ${jobId} was taken over by a newer attempt`);
   }
+}
+
+/** A piece of a running code_executor call's output: an `output` event is one, with its step's index. */
+export interface OutputChunk {
+  stream: 'stdout' | 'stderr';
+  text: string;
 }
 
 /** What `create` did: made the job, found the Idempotency-Key's job, or refused. */
@@ -321,9 +346,9 @@ export type MarkRunningResult =
 /**
  * The durable record of every job; BullMQ only carries the job id, and this store is what the API
  * reads. A live job is in Redis: its hash (spec, status, counters), its event stream (status changes
- * and every step, written once; the checkpoint a resumed job rebuilds its conversation from) and its
- * artifacts' metadata. A finished job is a record in the artifact store (see job-record.ts) and a
- * small hash in Redis naming it, so Redis holds live work, not history.
+ * and every step, written once; the checkpoint a resumed job rebuilds its conversation from; and what
+ * running code printed) and its artifacts' metadata. A finished job is a record in the artifact
+ * store (see job-record.ts) and a small hash in Redis naming it, so Redis holds live work, not history.
  */
 export class JobStore {
   constructor(
@@ -609,6 +634,21 @@ export class JobStore {
     if (res === -2) throw new AttemptSuperseded(id);
   }
 
+  /**
+   * Appends live output of the tool call whose step will have index `step`, one `output` event per
+   * chunk, in order, in one script. Throws AttemptSuperseded as recordSteps does; writes nothing for
+   * a job that was deleted or has ended.
+   */
+  async appendOutput(id: string, step: number, chunks: readonly OutputChunk[], opts: { attempt?: number } = {}): Promise<void> {
+    if (chunks.length === 0) return;
+    const res = await this.run(
+      APPEND_OUTPUT,
+      [this.key(id), this.key(id, 'events')],
+      [opts.attempt ?? '', ...chunks.map(({ stream, text }) => JSON.stringify({ step, stream, text }))],
+    );
+    if (res === -2) throw new AttemptSuperseded(id);
+  }
+
   /** The steps a job has recorded, in order: what a resumed job rebuilds its conversation from. */
   async recordedSteps(id: string): Promise<Step[]> {
     return stepsOf(await this.redis.xrange(this.key(id, 'events'), '-', '+'));
@@ -888,7 +928,7 @@ const FINISHED_FIELDS = [
 function eventOf(id: string, fields: string[]): JobEvent {
   const f: Record<string, string> = {};
   for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] as string] = fields[i + 1] as string;
-  return { id, type: f.type === 'step' ? 'step' : 'status', data: f.data ?? 'null' };
+  return { id, type: eventType(f.type), data: f.data ?? 'null' };
 }
 
 function stepsOf(entries: [string, string[]][]): Step[] {

@@ -1,8 +1,8 @@
 import type { JobSpec, Step, ToolStep, Usage } from '../../shared/src/job-schema';
-import type { JobStore } from '../../shared/src/job-store';
+import type { JobStore, OutputChunk } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
 import type { ChatMessage, ModelProvider, ToolResult } from './providers/model-provider';
-import type { SandboxSession } from './sandbox/types';
+import type { OutputStream, SandboxSession } from './sandbox/types';
 import { runToolCall, toolSpecs } from './tools/registry';
 import type { ArtifactSink, Tool } from './tools/tool';
 
@@ -70,6 +70,8 @@ export async function runAgentLoop(
       for (const call of last.toolCalls) {
         signal.throwIfAborted();
         const startedAt = new Date();
+        const stepIndex = cp.nextStepIndex + steps.length;
+        const live = new OutputRelay((chunks) => store.appendOutput(jobId, stepIndex, chunks, { attempt: deps.attempt }), logger, stepIndex);
         const outcome = await runToolCall(tools, call, {
           jobId,
           signal,
@@ -78,8 +80,11 @@ export async function runAgentLoop(
           artifacts: deps.artifacts,
           allowedDirs: deps.allowedDirs,
           execTimeoutMs: Math.max(1, Math.min(deps.sandboxTimeoutMs, deadline.getTime() - Date.now())),
-          stepIndex: cp.nextStepIndex + steps.length,
+          stepIndex,
+          onOutput: live.onOutput,
         });
+        // The call's output events go before its step: the step is recorded after this.
+        await live.settled();
         let output = outcome.output;
         if (call.name === 'code_executor' && interpreterLost && !outcome.detail?.reset) {
           output = RESET_NOTE + output;
@@ -138,6 +143,52 @@ export async function runAgentLoop(
     await store.recordSteps(jobId, [step], reply.usage satisfies Usage, { attempt: deps.attempt });
     logger.debug({ event: 'model.replied', step: step.index, toolCalls: reply.toolCalls.length, ms: step.durationMs }, 'model replied');
     if (reply.toolCalls.length === 0) return reply.text;
+  }
+}
+
+/**
+ * Carries one tool call's live output to the job's event stream. It is handed text on the sandbox's
+ * read path, so it never waits there: appends are chained, one at a time in arrival order, each
+ * taking everything that came meanwhile (consecutive text of one stream merged), so a chatty cell
+ * costs a write per round trip at most, not one per line. A failed append loses that output only:
+ * the step still records all of it, so the job goes on (and the failure is logged once).
+ */
+class OutputRelay {
+  private pending: OutputChunk[] = [];
+  private chain: Promise<void> = Promise.resolve();
+  private queued = false;
+  private warned = false;
+
+  constructor(
+    private readonly write: (chunks: OutputChunk[]) => Promise<void>,
+    private readonly logger: Logger,
+    private readonly step: number,
+  ) {}
+
+  readonly onOutput = (stream: OutputStream, text: string): void => {
+    const last = this.pending.at(-1);
+    if (last?.stream === stream) last.text += text;
+    else this.pending.push({ stream, text });
+    if (this.queued) return;
+    this.queued = true;
+    this.chain = this.chain.then(() => this.flush());
+  };
+
+  /** Resolves once everything handed in so far is written, or its write failed. */
+  settled(): Promise<void> {
+    return this.chain;
+  }
+
+  private async flush(): Promise<void> {
+    this.queued = false;
+    const chunks = this.pending.splice(0);
+    try {
+      await this.write(chunks);
+    } catch (err) {
+      if (this.warned) return;
+      this.warned = true;
+      this.logger.warn({ event: 'job.output_failed', step: this.step, err: (err as Error).message }, 'live output not recorded');
+    }
   }
 }
 

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { RequestHandler } from 'express';
 import type { Redis } from 'ioredis';
 import { AppError, NotFoundError, ValidationError } from '../../../shared/src/errors';
+import { eventType } from '../../../shared/src/job-record';
 import { TERMINAL_STATUSES, type JobStatus } from '../../../shared/src/job-schema';
 import type { JobEvent, JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
@@ -59,9 +60,10 @@ export interface JobEventsDeps {
 
 /**
  * `GET /v1/jobs/{id}/events`: Server-Sent Events from the job's Redis stream while it is live, and
- * from its record once it has finished. Each event carries its stream id (the record keeps them), so
- * `Last-Event-ID` resumes exactly after the last event a client saw; the stream ends after the
- * terminal status event, and a client arriving later still gets the whole history.
+ * from its record once it has finished: `status`, `step`, and `output` (what running code prints,
+ * before its step). Each event carries its stream id (the record keeps them), so `Last-Event-ID`
+ * resumes exactly after the last event a client saw; the stream ends after the terminal status event,
+ * and a client arriving later still gets the whole history.
  */
 export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
   const { store, redis, logger, maxStreamsPerCaller } = deps;
@@ -205,13 +207,13 @@ function streamIdParts(id: string): [bigint, bigint] {
   return [BigInt(ms ?? 0), BigInt(seq ?? 0)];
 }
 
-function parseEntries(reply: [string, [string, string[]][]][]): { id: string; type: string; data: string }[] {
-  const out: { id: string; type: string; data: string }[] = [];
+function parseEntries(reply: [string, [string, string[]][]][]): JobEvent[] {
+  const out: JobEvent[] = [];
   for (const [, entries] of reply) {
     for (const [id, fields] of entries) {
       const f: Record<string, string> = {};
       for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] as string] = fields[i + 1] as string;
-      out.push({ id, type: f.type === 'step' ? 'step' : 'status', data: f.data ?? 'null' });
+      out.push({ id, type: eventType(f.type), data: f.data ?? 'null' });
     }
   }
   return out;

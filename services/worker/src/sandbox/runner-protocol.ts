@@ -6,7 +6,7 @@
  */
 import { contentTypeOf } from '../../../shared/src/content-type';
 import type { ArtifactLimits } from './container-spec';
-import type { Artifact, ExecResult } from './types';
+import type { Artifact, ExecResult, OnOutput, OutputStream } from './types';
 
 const MIB = 1024 * 1024;
 /** Longest protocol line: a data line holds 1 MiB of base64; the result line two capped streams. */
@@ -56,8 +56,9 @@ function capped(value: unknown, max: number): { text: string; cut: boolean } {
 }
 
 /**
- * Assembles the answer to request `id`: the result line, then the listed files' bytes, concatenated
- * in list order over data lines. `accept` takes each message and returns the outcome once complete.
+ * Assembles the answer to request `id`: output lines while the cell runs, then the result line, then
+ * the listed files' bytes, concatenated in list order over data lines. `accept` takes each message
+ * and returns the outcome once complete.
  */
 export class CellAnswer {
   private outcome: CellOutcome | undefined;
@@ -65,16 +66,26 @@ export class CellAnswer {
   private readonly chunks: Buffer[] = [];
   private received = 0;
   private expected = 0;
+  /** What the output lines brought so far, per stream, in UTF-16 code units (a string's length). */
+  private readonly live: Record<OutputStream, number> = { stdout: 0, stderr: 0 };
 
-  /** `limits`: the ones the runner was started with (its argv); a real runner never exceeds them. */
+  /**
+   * `limits`: the ones the runner was started with (its argv); a real runner never exceeds them.
+   * `onOutput` gets each output line's text, once checked, in the order the lines came.
+   */
   constructor(
     private readonly id: number,
     private readonly outputLimitBytes: number,
     private readonly limits: ArtifactLimits,
+    private readonly onOutput?: OnOutput,
   ) {}
 
   accept(msg: Record<string, unknown>): CellOutcome | undefined {
     if (msg.id !== this.id) throw new ProtocolViolation('the sandbox answered out of turn');
+    if (Object.hasOwn(msg, 'stream')) {
+      this.output(msg);
+      return undefined;
+    }
     if (!this.outcome) {
       this.outcome = this.result(msg);
     } else {
@@ -87,6 +98,22 @@ export class CellAnswer {
       this.received += bytes.length;
     }
     return this.received === this.expected ? this.complete(this.outcome) : undefined;
+  }
+
+  /**
+   * An output line: only before the result, of a known stream, within the cap. The runner sends only
+   * bytes its capture keeps (at most the cap per stream) decoded from UTF-8, and no character takes
+   * more UTF-16 code units than it had bytes: so more than the cap in code units is a lie.
+   */
+  private output(msg: Record<string, unknown>): void {
+    if (this.outcome) throw new ProtocolViolation('the sandbox sent output after its result');
+    const { stream, text } = msg;
+    if (stream !== 'stdout' && stream !== 'stderr') throw new ProtocolViolation('the sandbox sent output of an unknown stream');
+    if (typeof text !== 'string') throw new ProtocolViolation('the sandbox sent a malformed output line');
+    const total = this.live[stream] + text.length;
+    if (total > this.outputLimitBytes) throw new ProtocolViolation('the sandbox sent more output than its cap');
+    this.live[stream] = total;
+    if (text !== '') this.onOutput?.(stream, text);
   }
 
   private result(msg: Record<string, unknown>): CellOutcome {

@@ -6,7 +6,7 @@ import type { Logger } from '../../../shared/src/logger';
 import { artifactLimits, buildContainerSpec, type ArtifactLimits, type SandboxContainerLabels, type SandboxContainerMounts } from './container-spec';
 import { LineReader } from './line-reader';
 import { CellAnswer, MAX_LINE_BYTES, parseLine, ProtocolViolation, type CellOutcome } from './runner-protocol';
-import type { SandboxSettings } from './types';
+import type { OnOutput, SandboxSettings } from './types';
 
 const STDERR_TAIL_BYTES = 4096;
 const DEFAULT_READY_TIMEOUT_MS = 30_000;
@@ -131,13 +131,14 @@ export class SandboxContainer {
    * Runs one cell and receives the files it handed back. Resolves with the runner's answer, or with
    * exitCode -1 when the container had to be killed (timeout, broken protocol, crash). Rejects with
    * the signal's reason when aborted, at once: the kill and removal go on in the background.
+   * `onOutput` gets the cell's output while it runs, all of it before this resolves.
    */
-  async execute(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<CellOutcome> {
+  async execute(code: string, opts: { timeoutMs: number; signal: AbortSignal; onOutput?: OnOutput }): Promise<CellOutcome> {
     opts.signal.throwIfAborted();
     if (this.lost) return this.lostOutcome(false);
     if (this.waiter) throw new SandboxError('the sandbox is already running a cell', { retryable: false });
     const id = ++this.seq;
-    const answer = new CellAnswer(id, this.settings.outputLimitBytes, this.artifactLimits);
+    const answer = new CellAnswer(id, this.settings.outputLimitBytes, this.artifactLimits, opts.onOutput);
     const done = this.waitFor(opts.timeoutMs, opts.signal, (msg) => answer.accept(msg));
     this.stream.write(`${JSON.stringify({ id, code, limit: this.settings.outputLimitBytes })}\n`);
     try {

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { SandboxError } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/logger';
 import type { SandboxContainer } from './sandbox-container';
-import type { ExecResult, SandboxSession } from './types';
+import type { ExecResult, OnOutput, RunOptions, SandboxSession } from './types';
 
 /**
  * The sandbox of one job. The container is acquired on the first run and kept, so the interpreter's
@@ -27,7 +27,7 @@ export class JobSandboxSession implements SandboxSession {
     },
   ) {}
 
-  run(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<ExecResult> {
+  run(code: string, opts: RunOptions): Promise<ExecResult> {
     const result = this.queue.then(() => this.runNow(code, opts));
     this.queue = result.catch(() => undefined);
     return result;
@@ -44,7 +44,7 @@ export class JobSandboxSession implements SandboxSession {
     return this.closing;
   }
 
-  private async runNow(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<ExecResult> {
+  private async runNow(code: string, opts: RunOptions): Promise<ExecResult> {
     opts.signal.throwIfAborted();
     if (this.closed) throw new SandboxError('the sandbox session is closed', { retryable: false });
     const started = performance.now();
@@ -62,7 +62,7 @@ export class JobSandboxSession implements SandboxSession {
     const container = this.container;
     let outcome;
     try {
-      outcome = await container.execute(code, opts);
+      outcome = await container.execute(code, { ...opts, onOutput: opts.onOutput && this.guarded(opts.onOutput) });
     } catch (err) {
       this.drop(container);
       throw err;
@@ -74,6 +74,23 @@ export class JobSandboxSession implements SandboxSession {
       ...outcome,
       reset,
       durationMs,
+    };
+  }
+
+  /**
+   * The listener runs on the container's read path, where a throw would count as the sandbox breaking
+   * the protocol and kill the container: a listener's fault is logged instead (once per run).
+   */
+  private guarded(onOutput: OnOutput): OnOutput {
+    let failed = false;
+    return (stream, text) => {
+      if (failed) return;
+      try {
+        onOutput(stream, text);
+      } catch (err) {
+        failed = true;
+        this.opts.logger.warn({ event: 'sandbox.output_listener_failed', err: (err as Error).message });
+      }
     };
   }
 

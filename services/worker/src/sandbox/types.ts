@@ -71,9 +71,25 @@ export interface ExecResult {
   durationMs: number;
 }
 
+export type OutputStream = 'stdout' | 'stderr';
+
+/**
+ * Takes a running execution's output as it comes, in order: only what the captured output keeps, so
+ * a stream's texts together are at most outputLimitBytes and are the start of its captured text.
+ * Called from the sandbox's read path: it must not throw nor wait.
+ */
+export type OnOutput = (stream: OutputStream, text: string) => void;
+
+export interface RunOptions {
+  timeoutMs: number;
+  signal: AbortSignal;
+  /** Gets the execution's output while it runs, all of it before `run` resolves. */
+  onOutput?: OnOutput;
+}
+
 /** The sandbox of one job: a lazily acquired container, replaced after a kill, removed at close. */
 export interface SandboxSession {
-  run(code: string, opts: { timeoutMs: number; signal: AbortSignal }): Promise<ExecResult>;
+  run(code: string, opts: RunOptions): Promise<ExecResult>;
   /** Removes the job's container, whatever state it is in. Idempotent. */
   close(): Promise<void>;
 }

@@ -29,7 +29,11 @@ export const codeExecutorTool: Tool<z.infer<typeof input>> = {
   async run({ code }, ctx) {
     // Errors from run (SandboxError, abort) are infrastructure or cancellation, not the model's doing:
     // they propagate so the job can be retried or end cancelled.
-    const result = await ctx.sandbox.run(code, { timeoutMs: ctx.execTimeoutMs, signal: ctx.signal });
+    const result = await ctx.sandbox.run(code, {
+      timeoutMs: ctx.execTimeoutMs,
+      signal: ctx.signal,
+      ...(ctx.onOutput ? { onOutput: ctx.onOutput } : {}),
+    });
     const kept = await ctx.artifacts.save(result.artifacts, ctx.stepIndex);
     return formatExecResult({ ...result, artifacts: kept.saved, skippedArtifacts: [...result.skippedArtifacts, ...kept.skipped] }, ctx.execTimeoutMs);
   },

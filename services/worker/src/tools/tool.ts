@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import type { Logger } from '../../../shared/src/logger';
-import type { Artifact, SandboxSession } from '../sandbox/types';
+import type { Artifact, OnOutput, SandboxSession } from '../sandbox/types';
 
 export interface ToolContext {
   jobId: string;
@@ -16,6 +16,8 @@ export interface ToolContext {
   stepIndex: number;
   /** Where code_executor keeps the files an execution hands back. */
   artifacts: ArtifactSink;
+  /** Takes code_executor's output while the code runs (the job's `output` events); it must not throw nor wait. */
+  onOutput?: OnOutput;
 }
 
 /** Keeps a job's artifacts: what it can of them, within the job's and its caller's quotas. */
