@@ -2,9 +2,12 @@
  * npm run bench:api [-- --duration 10 --rounds 3 --connections 10 --jobs 100] — what the API's job
  * path costs, against baselines measured in the same run on the same machine, over loopback:
  *   1. Throughput of POST /v1/jobs (real API, no worker: jobs stay queued) against a bare Express 5
- *      endpoint (express.json() + a 202 with a small JSON body). Both servers run in a child process
- *      (`node --import tsx …`), autocannon runs in this one, so both cases share the cores the same
- *      way. Rounds alternate between the two (and swap order each round); medians are quoted.
+ *      endpoint (express.json() + a 202 with a small JSON body), and the real API with its metrics
+ *      on (the default; scraped each second as Prometheus would) against the same with
+ *      METRICS_ENABLED=false. Every server runs in a child process (`node --import tsx …`),
+ *      autocannon runs in this one, so all cases share the cores the same way. Rounds go through the
+ *      cases in turn (the order swapped each round, the two APIs always back to back); medians are
+ *      quoted, and for metrics on/off the median of each round's own ratio.
  *   2. Latency from POST /v1/jobs returning to the worker starting the job (its `job.started` log
  *      line, written once markRunning has recorded the start in Redis), against bare BullMQ: `add`
  *      returning to the processor starting; both also from the call, for reference. API, worker and BullMQ all run in this process, so one sub-millisecond clock
@@ -60,6 +63,8 @@ const ROOT = resolve(__dirname, '..');
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
 const TARGET_RPS_RATIO = 0.5;
+/** Metrics on may cost at most 5% of the throughput with them off. */
+const TARGET_METRICS_RATIO = 0.95;
 const TARGET_START_RATIO = 3;
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -106,6 +111,8 @@ interface ServerChild {
   name: string;
   url: string;
   child: ChildProcess;
+  /** Where its metrics are scraped, when it has them. */
+  metricsUrl?: string;
 }
 
 async function spawnServer(name: string, argv: string[], env: NodeJS.ProcessEnv, port: number): Promise<ServerChild> {
@@ -158,6 +165,8 @@ interface LoadResult {
 }
 
 async function load(server: ServerChild, seconds: number, redis: Redis): Promise<LoadResult> {
+  // A server with metrics is scraped each second while it is under load, as Prometheus would (more often than its default 15 s).
+  const scraper = server.metricsUrl === undefined ? undefined : setInterval(() => void fetch(server.metricsUrl as string).then((r) => r.text()).catch(() => undefined), 1000);
   const serverBefore = processCpuSeconds(server.child.pid);
   const clientBefore = process.cpuUsage();
   const redisBefore = await redisInfo(redis);
@@ -169,6 +178,7 @@ async function load(server: ServerChild, seconds: number, redis: Redis): Promise
     connections: CONNECTIONS,
     duration: seconds,
   });
+  clearInterval(scraper);
   const redisAfter = await redisInfo(redis);
   const client = process.cpuUsage(clientBefore);
   const redisCommands = new Map<string, number>();
@@ -189,53 +199,71 @@ async function load(server: ServerChild, seconds: number, redis: Redis): Promise
   };
 }
 
-async function throughput(redis: Redis): Promise<{ api: LoadResult[]; bare: LoadResult[] }> {
-  let api: ServerChild | undefined;
-  let bare: ServerChild | undefined;
+interface ThroughputResults {
+  /** The real API as deployed: metrics on. */
+  api: LoadResult[];
+  bare: LoadResult[];
+  /** The real API with METRICS_ENABLED=false. */
+  noMetrics: LoadResult[];
+}
+
+async function throughput(redis: Redis): Promise<ThroughputResults> {
+  const servers: ServerChild[] = [];
   try {
-    const apiPort = await freePort();
-    api = await spawnServer('api', ['services/api/src/main.ts'], {
+    const apiEnv = (port: number): NodeJS.ProcessEnv => ({
       ...process.env,
       REDIS_URL,
       MAESTRO_PREFIX: PREFIX,
       HOST: '127.0.0.1',
-      PORT: String(apiPort),
+      PORT: String(port),
       AUTH_MODE: 'none',
       RATE_LIMIT_PER_MINUTE: '0',
       // No worker runs, so every job stays active: the per-caller cap would turn all but the first 100 POSTs into 429s.
       CALLER_MAX_ACTIVE_JOBS: '1000000',
       LOG_LEVEL: 'silent',
-    }, apiPort);
+    });
+    const apiPort = await freePort();
+    const metricsPort = await freePort();
+    const api = await spawnServer('api', ['services/api/src/main.ts'], { ...apiEnv(apiPort), METRICS_PORT: String(metricsPort) }, apiPort);
+    api.metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
+    servers.push(api);
+    const offPort = await freePort();
+    const noMetrics = await spawnServer('api, metrics off', ['services/api/src/main.ts'], { ...apiEnv(offPort), METRICS_ENABLED: 'false' }, offPort);
+    servers.push(noMetrics);
     const barePort = await freePort();
-    bare = await spawnServer('bare', [__filename, '--serve-bare', String(barePort)], { ...process.env }, barePort);
+    const bare = await spawnServer('bare', [__filename, '--serve-bare', String(barePort)], { ...process.env }, barePort);
+    servers.push(bare);
 
-    const probe = await fetch(`${api.url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: BODY });
-    if (probe.status !== 202) throw new Error(`POST /v1/jobs answered ${probe.status}: ${await probe.text()}`);
+    for (const s of [api, noMetrics]) {
+      const probe = await fetch(`${s.url}/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: BODY });
+      if (probe.status !== 202) throw new Error(`POST /v1/jobs answered ${probe.status}: ${await probe.text()}`);
+    }
+    if (!(await fetch(api.metricsUrl)).ok) throw new Error(`no metrics at ${api.metricsUrl}`);
 
     console.log(`warm-up: ${WARMUP_S} s each`);
-    for (const s of [bare, api]) await load(s, WARMUP_S, redis);
+    for (const s of servers) await load(s, WARMUP_S, redis);
     await deleteKeys(redis, `${PREFIX}:*`);
 
-    const results = { api: [] as LoadResult[], bare: [] as LoadResult[] };
+    const results: ThroughputResults = { api: [], bare: [], noMetrics: [] };
     for (let round = 1; round <= ROUNDS; round++) {
-      // Swapping the order each round spreads slow drift (thermal, neighbours) over both cases.
-      const order: ServerChild[] = round % 2 === 1 ? [bare, api] : [api, bare];
+      // Swapping the order each round spreads slow drift (thermal, neighbours) over every case; the
+      // two APIs always run back to back, so each round's pair saw the same conditions.
+      const order = round % 2 === 1 ? [bare, api, noMetrics] : [noMetrics, api, bare];
       for (const s of order) {
         const r = await load(s, DURATION_S, redis);
-        (s === api ? results.api : results.bare).push(r);
+        (s === api ? results.api : s === bare ? results.bare : results.noMetrics).push(r);
         console.log(
-          `  round ${round} ${s.name.padEnd(4)}  ${fmt(r.rps, 0).padStart(6)} req/s  p50 ${fmt(r.p50).padStart(5)} ms  p99 ${fmt(r.p99).padStart(5)} ms` +
+          `  round ${round} ${s.name.padEnd(16)}  ${fmt(r.rps, 0).padStart(6)} req/s  p50 ${fmt(r.p50).padStart(5)} ms  p99 ${fmt(r.p99).padStart(5)} ms` +
             `  cpu: server ${fmt(r.serverCpu * 100, 0)}%  autocannon ${fmt(r.clientCpu * 100, 0)}%  redis ${fmt(r.redisCpu * 100, 0)}%` +
             (r.bad > 0 ? `  NON-2XX/ERRORS ${r.bad}` : ''),
         );
         // Untimed: each round starts from an empty prefix, so Redis's memory does not grow round over round.
-        if (s === api) await deleteKeys(redis, `${PREFIX}:*`);
+        if (s !== bare) await deleteKeys(redis, `${PREFIX}:*`);
       }
     }
     return results;
   } finally {
-    await stopServer(api);
-    await stopServer(bare);
+    for (const s of servers) await stopServer(s);
   }
 }
 
@@ -395,24 +423,36 @@ function latencyRow(name: string, samples: number[]): void {
   );
 }
 
-function throughputReport(api: LoadResult[], bare: LoadResult[]): number {
+function throughputReport({ api, bare, noMetrics }: ThroughputResults): { rpsRatio: number; metricsRatio: number } {
   const cpuPerRequest = (r: LoadResult): number => (r.serverCpu / r.rps) * 1e6;
   console.log('\n  case                              req/s   p50 ms   p99 ms   server CPU µs/req   (medians of the rounds)');
-  for (const [name, rs] of [['(a) POST /v1/jobs, real API', api], ['(b) bare Express 5, json + 202', bare]] as const) {
+  const cases = [
+    ['(a) POST /v1/jobs, real API', api],
+    ['(b) bare Express 5, json + 202', bare],
+    ['(c) (a) with METRICS_ENABLED=false', noMetrics],
+  ] as const;
+  for (const [name, rs] of cases) {
     const col = (f: (r: LoadResult) => number, digits: number, width: number): string => fmt(median(rs.map(f)), digits).padStart(width);
     console.log(`  ${name.padEnd(32)}${col((r) => r.rps, 0, 7)}  ${col((r) => r.p50, 1, 7)}  ${col((r) => r.p99, 1, 7)}  ${col(cpuPerRequest, 0, 18)}`);
   }
-  const ratio = median(api.map((r) => r.rps)) / median(bare.map((r) => r.rps));
-  console.log(`  ratio (a)/(b) req/s: ${fmt(ratio, 2)}   per round: ${api.map((r, i) => fmt(r.rps / (bare[i]?.rps ?? NaN), 2)).join(', ')}`);
+  const ratioOf = (xs: LoadResult[], ys: LoadResult[]): number => median(xs.map((r) => r.rps)) / median(ys.map((r) => r.rps));
+  const perRound = (xs: LoadResult[], ys: LoadResult[]): string => xs.map((r, i) => fmt(r.rps / (ys[i]?.rps ?? NaN), 2)).join(', ');
+  const rpsRatio = ratioOf(api, bare);
+  console.log(`  ratio (a)/(b) req/s: ${fmt(rpsRatio, 2)}   per round: ${perRound(api, bare)}`);
   // CPU per request does not depend on how much CPU the neighbours left the server: a steadier cross-check.
   console.log(`  ratio (b)/(a) server CPU per request: ${fmt(median(bare.map(cpuPerRequest)) / median(api.map(cpuPerRequest)), 2)}`);
+  // Paired: each round ran (a) and (c) back to back, so the median of the rounds' own ratios is
+  // steadier than a ratio of medians taken across rounds whose conditions differed.
+  const metricsRatio = median(api.map((r, i) => r.rps / (noMetrics[i]?.rps ?? NaN)));
+  console.log(`  ratio (a)/(c) req/s, metrics on/off, median of the rounds: ${fmt(metricsRatio, 3)}   per round: ${perRound(api, noMetrics)}   of the medians: ${fmt(ratioOf(api, noMetrics), 3)}`);
+  console.log(`  ratio (c)/(a) server CPU per request: ${fmt(median(noMetrics.map(cpuPerRequest)) / median(api.map(cpuPerRequest)), 3)}`);
   const total = api.reduce((n, r) => n + r.ok, 0);
   const calls = new Map<string, number>();
   for (const r of api) for (const [name, n] of r.redisCommands) calls.set(name, (calls.get(name) ?? 0) + n);
   const top = [...calls].sort((x, y) => y[1] - x[1]).slice(0, 10);
   // Counted by Redis, so commands inside MULTI and Lua scripts are included, and other clients of this Redis add noise.
   console.log(`  Redis commands per POST: ${top.map(([name, n]) => `${name} ${fmt(n / total, 2)}`).join(', ')}`);
-  return ratio;
+  return { rpsRatio, metricsRatio };
 }
 
 /** A Redis container of this run's own when REDIS_URL is unset, as the test suite's global setup starts one. */
@@ -453,9 +493,11 @@ async function bench(): Promise<void> {
     console.log(`Redis ${redisEndpoint(REDIS_URL)}, prefix ${PREFIX}`);
     console.log(`\n1. Throughput: ${CONNECTIONS} connections, ${ROUNDS} alternating rounds of ${DURATION_S} s per case after ${WARMUP_S} s warm-up;`);
     console.log('   each server in a child process (node --import tsx), autocannon in this one; no worker runs, jobs stay queued');
-    const { api, bare } = await throughput(redis);
-    const rpsRatio = throughputReport(api, bare);
+    const { rpsRatio, metricsRatio } = throughputReport(await throughput(redis));
     results.push(`RESULT post_rps_ratio=${fmt(rpsRatio, 2)} (target >= ${TARGET_RPS_RATIO}) ${rpsRatio >= TARGET_RPS_RATIO ? 'PASS' : 'FAIL'}`);
+    results.push(
+      `RESULT metrics_on_off_rps_ratio=${fmt(metricsRatio, 3)} (target >= ${TARGET_METRICS_RATIO}) ${metricsRatio >= TARGET_METRICS_RATIO ? 'PASS' : 'FAIL'}`,
+    );
 
     console.log(`\n2. Enqueue → worker start: ${JOBS} sequential jobs per case after ${WARMUP_JOBS} warm-up, each waited for to its end;`);
     console.log('   ms, timed in this process by performance.now()');

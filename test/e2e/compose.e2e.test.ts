@@ -344,6 +344,20 @@ describe('docker compose up', () => {
     expect(job).toMatchObject({ status: 'succeeded', provider: 'anthropic', result: { output: 'The answer is 144.' } });
   });
 
+  test('metrics, counted as the jobs above ran, are served on the stack’s network (api:9464, worker:9465) and published on no port', async () => {
+    const [api] = await containersOf('api');
+    const published = (await inspect(api as string)).NetworkSettings.Ports as Record<string, { HostPort: string }[] | null>;
+    expect(Object.entries(published).filter(([, b]) => b !== null && b.length > 0).map(([port]) => port)).toEqual(['3000/tcp']);
+    // From inside the stack, as a Prometheus on its network would scrape them: the api reaches the worker by name.
+    const scrape = async (url: string): Promise<string> =>
+      compose(['exec', '-T', 'api', 'node', '-e', `fetch(${JSON.stringify(url)}).then(async (r) => { if (!r.ok) process.exit(1); process.stdout.write(await r.text()); }, () => process.exit(2))`]);
+    const apiMetrics = await scrape('http://127.0.0.1:9464/metrics');
+    expect(apiMetrics).toMatch(/^maestro_jobs_created_total\{provider="openai"\} [1-9]/m);
+    const workerMetrics = await scrape('http://worker:9465/metrics');
+    expect(workerMetrics).toMatch(/^maestro_jobs_ended_total\{status="succeeded",stop_reason="completed",provider="openai"\} [1-9]/m);
+    expect(await scrape('http://worker:9465/healthz')).toBe('{"status":"ok"}');
+  });
+
   test('the file tools and the sandbox read inside the allowed dir and nothing outside it', async () => {
     const job = await waitForEnd(await submit(`e2e:files ${allowedFile} ${outsideFile}`));
     expect(job.status).toBe('succeeded');

@@ -18,7 +18,8 @@ export function runServiceProcess(service: 'api' | 'worker', env: NodeJS.Process
   return new Promise((resolve, reject) => {
     const child = spawn(path.join(ROOT, 'node_modules', '.bin', 'tsx'), [`services/${service}/src/main.ts`], {
       cwd: ROOT,
-      env,
+      // Metrics listeners on free ports, unless a test names one: test files run side by side.
+      env: { METRICS_PORT: '0', WORKER_METRICS_PORT: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';

@@ -47,6 +47,9 @@ export function stackEnv(model: ModelServer, prefix: string, extra: Record<strin
     MAESTRO_PREFIX: prefix,
     HOST: '127.0.0.1',
     PORT: '0',
+    // Metrics listeners on free ports: several stacks share one test process.
+    METRICS_PORT: '0',
+    WORKER_METRICS_PORT: '0',
     OPENAI_API_KEY: TEST_OPENAI_KEY,
     OPENAI_BASE_URL: model.openaiBaseUrl,
     ANTHROPIC_API_KEY: TEST_ANTHROPIC_KEY,
@@ -115,9 +118,14 @@ export async function startStack(
   return stack;
 }
 
+/** Where the helpers below find an API: a stack's, or one in a process of its own. */
+export interface ApiAt {
+  api: { url: string };
+}
+
 /** A small HTTP client for the stack, as a user would call it. */
 export async function request(
-  stack: Pick<Stack, 'api'>,
+  stack: ApiAt,
   method: string,
   path: string,
   body?: unknown,
@@ -138,13 +146,13 @@ export async function request(
   return { status: res.status, headers: res.headers, body: parsed };
 }
 
-export async function submitJob(stack: Pick<Stack, 'api'>, job: Record<string, unknown>): Promise<JobView> {
+export async function submitJob(stack: ApiAt, job: Record<string, unknown>): Promise<JobView> {
   const res = await request(stack, 'POST', '/v1/jobs', job);
   if (res.status !== 202) throw new Error(`POST /v1/jobs answered ${res.status}: ${JSON.stringify(res.body)}`);
   return res.body as JobView;
 }
 
-export async function getJob(stack: Pick<Stack, 'api'>, id: string, headers: Record<string, string> = {}): Promise<JobView> {
+export async function getJob(stack: ApiAt, id: string, headers: Record<string, string> = {}): Promise<JobView> {
   const res = await request(stack, 'GET', `/v1/jobs/${id}`, undefined, headers);
   if (res.status !== 200) throw new Error(`GET /v1/jobs/${id} answered ${res.status}`);
   return res.body as JobView;
@@ -153,7 +161,7 @@ export async function getJob(stack: Pick<Stack, 'api'>, id: string, headers: Rec
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
 export async function waitForJobEnd(
-  stack: Pick<Stack, 'api'>,
+  stack: ApiAt,
   id: string,
   timeoutMs = 30_000,
   headers: Record<string, string> = {},

@@ -18,8 +18,17 @@ export interface WorkerProcess {
 }
 
 export function spawnWorkerProcess(stack: Pick<Stack, 'env'>): WorkerProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', '..', 'services', 'worker', 'src', 'main.ts')], {
-    env: { ...process.env, ...stack.env },
+  return spawnServiceProcess('worker', stack.env);
+}
+
+/**
+ * Either service as a child process with the stack's environment (and `env` over it): an API of its
+ * own process, for tests whose API must not share the test process (its metrics registry, its
+ * tracing). Its logs go nowhere; stderr is kept.
+ */
+export function spawnServiceProcess(service: 'api' | 'worker', env: Record<string, string>): WorkerProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', '..', 'services', service, 'src', 'main.ts')], {
+    env: { ...process.env, ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';

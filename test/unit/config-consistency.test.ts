@@ -26,6 +26,7 @@ const RULES: ConsistencyRules = {
     },
     worker: {
       DOCKER_HOST: 'the socket DOCKER_SOCKET names is mounted at /var/run/docker.sock; the shell’s DOCKER_HOST is for the compose CLI',
+      HOST: 'the worker’s metrics listener is on every interface of its container, for Prometheus on the stack’s network; no port is published',
       ARTIFACT_DIR: 'where the `artifacts` volume is mounted, in the api and the worker alike',
     },
   },

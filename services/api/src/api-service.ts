@@ -9,6 +9,9 @@ import { createJobsQueue } from '../../shared/src/queue';
 import { closeRedis, createApiRedis, refuseUnsupportedRedis } from '../../shared/src/redis';
 import { createRedisWatcher } from '../../shared/src/redis-watch';
 import { withTimeout } from '../../shared/src/time';
+import { collectProcessMetrics, startMetricsServer, type MetricsServer } from '../../shared/src/metrics';
+import { startTracing } from '../../shared/src/tracing';
+import { measureQueue } from './api-metrics';
 import { createApp } from './app';
 import { apiConfigProblems } from './api-config';
 import { loadAuthSecret } from './auth';
@@ -17,6 +20,8 @@ export interface RunningApi {
   /** Base URL the API serves on, e.g. http://127.0.0.1:3000 */
   url: string;
   port: number;
+  /** Where Prometheus scrapes this API (METRICS_PORT), when METRICS_ENABLED. */
+  metricsUrl?: string;
   /** Stops accepting, lets in-flight requests end, closes connections. Idempotent. */
   close(): Promise<void>;
 }
@@ -65,6 +70,19 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
     if (!redisWatcher.absorb(err, 'queue')) logger.warn({ event: 'queue.error', message: err.message }, 'queue error');
   });
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600, files);
+  // Before the app is built: it makes a span per request only if tracing is on by then.
+  const tracing = await startTracing(config, 'maestro-api', logger);
+  let metrics: MetricsServer | undefined;
+  if (config.METRICS_ENABLED) {
+    collectProcessMetrics();
+    measureQueue({ queue, redis, prefix: config.MAESTRO_PREFIX });
+    try {
+      metrics = await startMetricsServer({ host: config.HOST, port: config.METRICS_PORT, logger, service: 'api' });
+    } catch (err) {
+      await Promise.all([tracing.close(), withTimeout(queue.close(), 2000).catch(() => undefined), closeRedis(queueRedis), closeRedis(redis)]);
+      throw new ConfigError(`invalid METRICS_PORT: ${(err as Error).message}; set another port, or METRICS_ENABLED=false`);
+    }
+  }
   const app = createApp({ config, store, files, queue, redis, logger, authSecret, redisWatcher });
 
   // Node would answer an HTTP/1.1 request without Host with a bare 400 of its own; the host check
@@ -107,11 +125,19 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
     await once(server, 'close').catch(() => undefined);
     // BullMQ's close waits for a connection; with Redis down, that wait would hold shutdown hostage.
     await withTimeout(queue.close().catch(() => undefined), 2000).catch(() => undefined);
+    await metrics?.close();
+    measureQueue(undefined, queue);
+    await tracing.close();
     await closeRedis(queueRedis);
     await closeRedis(redis);
     logger.info({ event: 'api.stopped' }, 'stopped');
   };
   const host = address.includes(':') ? `[${address}]` : address;
-  return { url: `http://${host}:${port}`, port, close: () => (closing ??= shutdown()) };
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    ...(metrics ? { metricsUrl: `http://${host}:${metrics.port}/metrics` } : {}),
+    close: () => (closing ??= shutdown()),
+  };
 }
 

@@ -9,6 +9,9 @@ import type { JobStore } from '../../shared/src/job-store';
 import type { Logger } from '../../shared/src/logger';
 import type { QueuedJobData } from '../../shared/src/queue';
 import type { RedisWatcher } from '../../shared/src/redis-watch';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { startSpan, tracingOn, withSpan } from '../../shared/src/tracing';
+import { countRequest } from './api-metrics';
 import { authenticate } from './auth';
 import { hostCheck } from './host-check';
 import { errorHandler, sendProblem } from './problem';
@@ -39,28 +42,49 @@ export function createApp(deps: AppDeps): Express {
   app.set('trust proxy', config.AUTH_MODE === 'proxy' ? config.TRUSTED_PROXIES : false);
   app.set('query parser', 'simple');
   app.use(helmet());
-  // One access-log event per request; never headers (they carry credentials) nor bodies. It names
-  // the route's template (`/v1/jobs/:id`); the path only of a request a route matched.
-  if (logger.isLevelEnabled('info')) {
+  // One access-log event and one count per request; never headers (they carry credentials) nor
+  // bodies. Both name the route's template (`/v1/jobs/:id`); the log, the path only of a request a
+  // route matched; the metrics, never a path.
+  // With tracing on, each request is a span too (POST /v1/jobs's is the root of its job's trace).
+  const logging = logger.isLevelEnabled('info');
+  const counting = config.METRICS_ENABLED;
+  const tracing = tracingOn();
+  if (logging || counting || tracing) {
+    trackRoutes(app);
     app.use((req, res, next) => {
       const started = process.hrtime.bigint();
-      const matched = trackRoute(req);
+      const span = tracing ? startSpan(req.method, { kind: SpanKind.SERVER, attributes: { 'http.request.method': req.method } }) : undefined;
+      // A response cut off before it finished (a client gone mid-stream) ends its span too.
+      res.on('close', () => {
+        if (span?.isRecording()) span.end();
+      });
       res.on('finish', () => {
-        const route = matched();
+        const route = matchedRoute(req);
+        const template = route?.template ?? UNMATCHED_ROUTE;
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        if (counting) countRequest(req.method, template, res.statusCode, ms / 1000);
+        if (span) {
+          span.updateName(`${req.method} ${template}`);
+          span.setAttributes({ 'http.route': template, 'http.response.status_code': res.statusCode });
+          if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+          span.end();
+        }
+        if (!logging) return;
         logger.info(
           {
             event: 'http.request',
             method: req.method,
-            route: route?.template ?? UNMATCHED_ROUTE,
+            route: template,
             ...(route ? { path: route.path.slice(0, 200) } : {}),
             status: res.statusCode,
-            ms: Number(process.hrtime.bigint() - started) / 1e6,
+            ms,
             caller: res.locals.caller as string | undefined,
           },
           'request',
         );
       });
-      next();
+      if (span) withSpan(span, next);
+      else next();
     });
   }
   // Before CORS and every route, health and docs included; after helmet and the access log, so a
@@ -121,25 +145,39 @@ export function createApp(deps: AppDeps): Express {
 /** The access log's `route` for a request no route matched: never its raw path, which may carry anything. */
 export const UNMATCHED_ROUTE = '(unmatched)';
 
+const ROUTE = Symbol('route');
+const MATCHED = Symbol('matched route');
+
+interface TrackedRequest {
+  baseUrl: string;
+  path: string;
+  [ROUTE]?: unknown;
+  [MATCHED]?: { template: string; path: string };
+}
+
 /**
- * Records the route a request matches, as its template (`/v1/jobs/:id`) and its path, at the moment
- * the router matches it (the router sets `req.route` then). By the time the response finishes,
- * `req.path` is relative to the innermost router, and a handler's error has unwound `req.baseUrl`
- * to the app's level, where the error handler runs.
+ * Makes every request of `app` record the route it matches, as its template (`/v1/jobs/:id`) and its
+ * path, at the moment the router matches it (the router sets `req.route` then). By the time the
+ * response finishes, `req.path` is relative to the innermost router, and a handler's error has
+ * unwound `req.baseUrl` to the app's level, where the error handler runs. The accessor is defined
+ * once, on the app's request prototype: one per request made each request object slower to use.
  */
-function trackRoute(req: express.Request): () => { template: string; path: string } | undefined {
-  let current: unknown;
-  let matched: { template: string; path: string } | undefined;
+function trackRoutes(app: Express): void {
   const join = (base: string, rest: string): string => (rest === '/' && base !== '' ? base : base + rest);
-  Object.defineProperty(req, 'route', {
+  Object.defineProperty(app.request, 'route', {
     configurable: true,
-    enumerable: true,
-    get: () => current,
-    set(value: unknown) {
-      current = value;
+    get(this: TrackedRequest) {
+      return this[ROUTE];
+    },
+    set(this: TrackedRequest, value: unknown) {
+      this[ROUTE] = value;
       const template = (value as { path?: unknown } | undefined)?.path;
-      if (typeof template === 'string') matched = { template: join(req.baseUrl, template), path: join(req.baseUrl, req.path) };
+      if (typeof template === 'string') this[MATCHED] = { template: join(this.baseUrl, template), path: join(this.baseUrl, this.path) };
     },
   });
-  return () => matched;
+}
+
+/** The route `req` matched (see trackRoutes), if any did. */
+function matchedRoute(req: express.Request): { template: string; path: string } | undefined {
+  return (req as unknown as TrackedRequest)[MATCHED];
 }

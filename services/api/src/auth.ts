@@ -6,6 +6,7 @@ import proxyaddr from 'proxy-addr';
 import { badEntries, type Config } from '../../shared/src/config';
 import type { Logger } from '../../shared/src/logger';
 import { authFailureThrottle, clientAddress } from './auth-throttle';
+import { authRejections } from './api-metrics';
 import { sendProblem } from './problem';
 
 /** Who is calling; every job belongs to one caller. Stored on `res.locals.caller`. */
@@ -138,7 +139,10 @@ function bareKeyCaller(key: string, secret: Buffer | undefined): Caller {
 }
 
 /** What checking the credentials concluded; a failure becomes a 401 only if the address is not throttled. */
-type Verdict = { caller: Caller } | { caller: null; detail: string; challenge?: string };
+type Verdict = { caller: Caller } | { caller: null; reason: AuthRejection; detail: string; challenge?: string };
+
+/** Why a request was refused, as maestro_auth_rejections_total counts it. */
+type AuthRejection = 'missing_credentials' | 'invalid_key' | 'untrusted_proxy' | 'missing_user_header' | 'throttled';
 
 export interface AuthDeps {
   redis: Redis;
@@ -179,6 +183,7 @@ export function authenticate(config: Config, deps: AuthDeps): RequestHandler {
       return;
     }
     if (outcome.blocked) {
+      authRejections.inc({ reason: 'throttled' });
       res.set('Retry-After', String(outcome.retryAfterSeconds));
       sendProblem(
         res,
@@ -191,6 +196,7 @@ export function authenticate(config: Config, deps: AuthDeps): RequestHandler {
     // A success does not reset the count: otherwise anyone holding one valid key could slip a good
     // request between guesses and search for other callers' keys without limit.
     if (verdict.caller === null) {
+      authRejections.inc({ reason: verdict.reason });
       if (verdict.challenge) res.set('WWW-Authenticate', verdict.challenge);
       sendProblem(res, 401, 'unauthenticated', verdict.detail);
       return;
@@ -203,12 +209,12 @@ export function authenticate(config: Config, deps: AuthDeps): RequestHandler {
 function apiKeyCheck(keys: KeyEntry[]): (req: Request) => Verdict {
   return (req) => {
     const match = /^Bearer ([^\s]+)$/.exec(req.get('authorization') ?? '');
-    if (!match) return { caller: null, challenge: 'Bearer', detail: 'Send an API key as "Authorization: Bearer <key>".' };
+    if (!match) return { caller: null, reason: 'missing_credentials', challenge: 'Bearer', detail: 'Send an API key as "Authorization: Bearer <key>".' };
     // Hashing first gives equal-length buffers, and every key is compared so timing says nothing.
     const presented = digest(match[1] as string);
     let caller: Caller | null = null;
     for (const k of keys) if (timingSafeEqual(k.hash, presented) && caller === null) caller = k.caller;
-    if (caller === null) return { caller: null, challenge: 'Bearer error="invalid_token"', detail: 'The API key is not valid.' };
+    if (caller === null) return { caller: null, reason: 'invalid_key', challenge: 'Bearer error="invalid_token"', detail: 'The API key is not valid.' };
     return { caller };
   };
 }
@@ -219,10 +225,10 @@ function proxyCheck(config: Config): (req: Request) => Verdict {
   return (req) => {
     // The header is believed only from the proxy's own address; anyone else could forge it.
     const peer = req.socket.remoteAddress ?? '';
-    if (!trusted(peer, 0)) return { caller: null, detail: 'Requests must come through the authenticating proxy.' };
+    if (!trusted(peer, 0)) return { caller: null, reason: 'untrusted_proxy', detail: 'Requests must come through the authenticating proxy.' };
     const user = req.get(header)?.trim();
     if (!user || user.length > 256 || hasControlChars(user)) {
-      return { caller: null, detail: `The authenticating proxy sent no valid ${header} header.` };
+      return { caller: null, reason: 'missing_user_header', detail: `The authenticating proxy sent no valid ${header} header.` };
     }
     return { caller: user };
   };

@@ -1,6 +1,7 @@
 import type { RequestHandler } from 'express';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../../shared/src/logger';
+import { rateLimited } from './api-metrics';
 import { sendProblem } from './problem';
 
 const WINDOW_S = 60;
@@ -35,6 +36,7 @@ export function rateLimit(opts: { redis: Redis; prefix: string; perMinute: numbe
     res.set('RateLimit-Policy', `${perMinute};w=${WINDOW_S}`);
     res.set('RateLimit', `limit=${perMinute}, remaining=${Math.max(0, perMinute - count)}, reset=${reset}`);
     if (count > perMinute) {
+      rateLimited.inc({ limit: 'requests' });
       res.set('Retry-After', String(reset));
       sendProblem(res, 429, 'rate_limited', `Too many requests: at most ${perMinute} a minute. Retry after ${reset} s.`);
       return;

@@ -168,6 +168,20 @@ export const configSchema = z.object({
    */
   REDIS_NEARLY_FULL_PERCENT: int(1, 100).default(90),
   SSE_HEARTBEAT_MS: int(100, 300_000).default(15_000),
+
+  /** Prometheus metrics: counted, and served at /metrics on a listener of their own (METRICS_PORT, WORKER_METRICS_PORT). */
+  METRICS_ENABLED: z
+    .enum(['true', 'false', '1', '0'])
+    .default('true')
+    .transform((v) => v === 'true' || v === '1'),
+  /** The API's metrics listener, on HOST; never the API's own port, so no caller can read it and auth cannot hide it from Prometheus. 0: any free port. */
+  METRICS_PORT: int(0, 65535).default(9464),
+  /** The worker's metrics and health listener, on HOST. 0: any free port. */
+  WORKER_METRICS_PORT: int(0, 65535).default(9465),
+  /** Where traces go, over OTLP/HTTP (`/v1/traces` is appended). Unset: no tracing code is loaded and nothing is sent. */
+  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
+  /** The `service.name` of the traces; `maestro-api` and `maestro-worker` by default. */
+  OTEL_SERVICE_NAME: optionalString,
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

@@ -33,5 +33,12 @@ export function newJobId(now = Date.now()): string {
   return time + rand;
 }
 
+/** The creation time (ms since the epoch) a job id carries in its first 10 characters. */
+export function timeOfJobId(id: string): number {
+  let t = 0;
+  for (const c of id.slice(0, 10)) t = t * 32 + ALPHABET.indexOf(c);
+  return t;
+}
+
 /** What a job id looks like; anything else in a URL is not a job (404 without touching Redis). */
 export const JOB_ID_PATTERN = /^[0-9a-hjkmnp-tv-z]{26}$/;

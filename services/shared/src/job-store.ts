@@ -361,6 +361,9 @@ export class JobStore {
 
   private readonly shas = new Map<string, string>();
 
+  /** Told of each job this store ends, once its end is recorded (the worker counts them in its metrics). */
+  onFinished: ((job: Pick<JobView, 'status' | 'stopReason' | 'provider' | 'createdAt' | 'finishedAt'>) => void) | undefined;
+
   /** Which jobs have files in the artifact store: `<bytes> <caller>` by job id. */
   private filesKey(): string {
     return `${this.prefix}:stored-files`;
@@ -801,7 +804,10 @@ export class JobStore {
           ...Object.entries(finishedHash(ended, record)).flat(),
         ],
       );
-      if (res === 1) return true;
+      if (res === 1) {
+        this.onFinished?.(header.job);
+        return true;
+      }
       if (res === -1) {
         // Deleted meanwhile: the directory the record made belongs to no job.
         await this.files.removeJob(id);

@@ -22,6 +22,8 @@ export function queueKey(prefix: string, part: string): string {
 
 export interface QueuedJobData {
   jobId: string;
+  /** The W3C trace context of the request that created the job, when tracing is on (see tracing.ts). */
+  traceparent?: string;
 }
 
 /** Channel on which the API asks workers to stop a running job. */

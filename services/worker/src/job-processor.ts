@@ -1,7 +1,9 @@
+import { SpanKind, trace, type Span } from '@opentelemetry/api';
 import { DelayedError, type Job } from 'bullmq';
 import type { JobSpec } from '../../shared/src/job-schema';
 import type { Logger } from '../../shared/src/logger';
-import type { QueuedJobData } from '../../shared/src/queue';
+import { JOBS_QUEUE, type QueuedJobData } from '../../shared/src/queue';
+import { contextFrom, inSpan } from '../../shared/src/tracing';
 import { runAgentLoop } from './agent-loop';
 import type { ModelProvider } from './providers/model-provider';
 import type { ArtifactStore } from '../../shared/src/artifact-store';
@@ -90,7 +92,28 @@ export class JobProcessor {
     return this.running.size;
   }
 
-  readonly process = async (job: Job<QueuedJobData>, token?: string): Promise<void> => {
+  /**
+   * One attempt at a job, in a span (the messaging conventions' `process jobs`) that continues the
+   * trace its POST began: the queued job's data carries the W3C traceparent across the queue.
+   */
+  readonly process = (job: Job<QueuedJobData>, token?: string): Promise<void> =>
+    inSpan(
+      `process ${JOBS_QUEUE}`,
+      {
+        kind: SpanKind.CONSUMER,
+        parent: contextFrom(job.data.traceparent),
+        attributes: {
+          'messaging.system': 'bullmq',
+          'messaging.operation.type': 'process',
+          'messaging.destination.name': JOBS_QUEUE,
+          'maestro.job.id': job.data.jobId,
+        },
+        notAFailure: (err) => err instanceof DelayedError,
+      },
+      (span) => this.processNow(job, token, span),
+    );
+
+  private async processNow(job: Job<QueuedJobData>, token: string | undefined, span: Span): Promise<void> {
     const jobId = job.data.jobId;
     const { store } = this.deps;
     const logger = this.deps.logger.child({ jobId });
@@ -121,6 +144,7 @@ export class JobProcessor {
         fence: started.attempts,
       };
       logger.info({ event: 'job.started', attempt: attempt.number }, 'job started');
+      span.setAttributes({ 'maestro.job.attempt': attempt.number, 'maestro.job.provider': attempt.spec.provider });
       if (attempt.number > attempt.max) {
         // Every attempt the processor sees to its end on the last one gets a final verdict: a start
         // past it means the worker of the last attempt died (or lost the job) before its verdict.
@@ -141,7 +165,7 @@ export class JobProcessor {
     } finally {
       this.running.delete(jobId);
     }
-  };
+  }
 
   private async run(
     jobId: string,
@@ -173,6 +197,7 @@ export class JobProcessor {
           attempt: attempt.fence,
         });
         await store.finish(jobId, { status: 'succeeded', stopReason: 'completed', result: { output } }, new Date(), { attempt: attempt.fence });
+        trace.getActiveSpan()?.setAttribute('maestro.job.verdict', 'succeeded');
         logger.info({ event: 'job.succeeded' }, 'job succeeded');
       } catch (err) {
         if (err instanceof AttemptSuperseded) {
@@ -211,6 +236,7 @@ export class JobProcessor {
   private async record(jobId: string, verdict: Verdict, fence: number | undefined, logger: Logger): Promise<void> {
     const { store } = this.deps;
     const error = { code: verdict.code, message: verdict.message };
+    trace.getActiveSpan()?.setAttributes({ 'maestro.job.verdict': verdict.kind === 'final' ? verdict.status : verdict.kind, 'maestro.job.error_code': verdict.code });
     if (verdict.kind === 'final') {
       await store.finish(jobId, { status: verdict.status, stopReason: verdict.stopReason, error }, new Date(), { attempt: fence });
       logger.info({ event: verdict.status === 'cancelled' ? 'job.cancelled' : 'job.failed', code: verdict.code }, `job ${verdict.status}`);

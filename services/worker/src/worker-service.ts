@@ -29,6 +29,10 @@ import { dockerClient } from './sandbox/docker-client';
 import { Reaper } from './sandbox/reaper';
 import { SandboxManager } from './sandbox/sandbox-manager';
 import { ALL_TOOLS } from './tools/registry';
+import { collectProcessMetrics, startMetricsServer, type MetricsServer } from '../../shared/src/metrics';
+import { startTracing } from '../../shared/src/tracing';
+import { instrumentProvider, instrumentSession } from './instrumentation';
+import { jobDuration, jobsEnded, measureWorker } from './worker-metrics';
 
 const HEARTBEAT_TTL_S = 15;
 const HEARTBEAT_EVERY_MS = 5000;
@@ -60,6 +64,8 @@ export interface RunningWorker {
   workerId: string;
   /** The worker's Redis watcher, for other connections of its process to report to (the health file's). */
   redisWatcher: RedisWatcher;
+  /** Where Prometheus scrapes this worker (WORKER_METRICS_PORT; /healthz beside it), when METRICS_ENABLED. */
+  metricsUrl?: string;
   /** Graceful stop: running jobs get the grace period, then are handed back. Idempotent. */
   close(): Promise<void>;
 }
@@ -147,8 +153,14 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     },
   });
 
+  // Healthy while the heartbeat reaches Redis and the reaper's sweeps reach the Docker engine (the
+  // health file's test, for the metrics listener's /healthz).
+  let heartbeatAt = 0;
+  let engineAt = Date.now();
+  const healthy = (): boolean => Date.now() - heartbeatAt < HEARTBEAT_TTL_S * 1000 && Date.now() - engineAt < 3 * config.REAPER_INTERVAL_MS + 10_000;
   const heartbeat = async (): Promise<void> => {
     await redis.set(workerHeartbeatKey(config.MAESTRO_PREFIX, workerId), new Date().toISOString(), 'EX', HEARTBEAT_TTL_S);
+    heartbeatAt = Date.now();
   };
   await heartbeat();
   const heartbeatTimer = setInterval(() => {
@@ -176,7 +188,12 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     orphanScanEvery: Math.max(1, Math.round(ORPHAN_SCAN_EVERY_MS / config.REAPER_INTERVAL_MS)),
   });
   const sweep = (): void => {
-    reaper.sweep().catch((err: unknown) => logger.warn({ event: 'reaper.failed', message: (err as Error).message }, 'reaper sweep failed'));
+    reaper.sweep().then(
+      () => {
+        engineAt = Date.now();
+      },
+      (err: unknown) => logger.warn({ event: 'reaper.failed', message: (err as Error).message }, 'reaper sweep failed'),
+    );
     retention.sweep().catch((err: unknown) => logger.warn({ event: 'retention.failed', message: (err as Error).message }, 'retention sweep failed'));
   };
   sweep();
@@ -189,19 +206,20 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     maxRetries: config.PROVIDER_MAX_RETRIES,
     timeoutMs: config.PROVIDER_TIMEOUT_MS,
   };
+  const tracing = await startTracing(config, 'maestro-worker', logger);
   const providers = new Map<string, ModelProvider>();
   const processor = new JobProcessor({
     store,
     providerFor: (name) => {
       let provider = providers.get(name);
       if (!provider) {
-        provider = createProvider(name, providersConfig);
+        provider = instrumentProvider(createProvider(name, providersConfig));
         providers.set(name, provider);
       }
       return provider;
     },
     sandboxFor: (jobId, deadline, { inputs }) =>
-      sandboxes.session(jobId, { deadline, ...(inputs ? { inputsHostDir: hostFiles.inputsDir(jobId) } : {}) }),
+      instrumentSession(sandboxes.session(jobId, { deadline, ...(inputs ? { inputsHostDir: hostFiles.inputsDir(jobId) } : {}) }), config.SANDBOX_RUNTIME),
     files,
     tools: ALL_TOOLS,
     allowedDirs,
@@ -214,6 +232,14 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     },
     logger,
   });
+
+  // Every job this worker ends is counted as it is recorded (the store tells).
+  store.onFinished = (job) => {
+    if (!config.METRICS_ENABLED) return;
+    jobsEnded.inc({ status: job.status, stop_reason: job.stopReason ?? 'none', provider: job.provider });
+    if (job.finishedAt) jobDuration.observe({ status: job.status, provider: job.provider }, (Date.parse(job.finishedAt) - Date.parse(job.createdAt)) / 1000);
+  };
+  const stopMeasuring = measureWorker({ runtime: config.SANDBOX_RUNTIME, ready: () => sandboxes.poolReady }, processor);
 
   await subscriber.subscribe(cancelChannel(config.MAESTRO_PREFIX));
   subscriber.on('message', (_channel, jobId: string) => processor.cancel(jobId));
@@ -284,14 +310,34 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     clearInterval(reaperTimer);
     clearInterval(heartbeatTimer);
     await sandboxes.close();
+    stopMeasuring();
+    await metrics?.close();
+    await tracing.close();
     await redis.del(workerHeartbeatKey(config.MAESTRO_PREFIX, workerId)).catch(() => undefined);
     await closeRedis(subscriber);
     await closeRedis(redis);
     logger.info({ event: 'worker.stopped' }, 'stopped');
   };
+  // Prometheus scrapes this worker here, beside a health check that reads as the health file does.
+  let metrics: MetricsServer | undefined;
+  if (config.METRICS_ENABLED) {
+    collectProcessMetrics();
+    metrics = await startMetricsServer({
+      host: config.HOST,
+      port: config.WORKER_METRICS_PORT,
+      logger,
+      service: 'worker',
+      routes: { '/healthz': () => (healthy() ? { status: 200, body: { status: 'ok' } } : { status: 503, body: { status: 'unhealthy' } }) },
+    }).catch(async (err: unknown) => {
+      await (closing ??= shutdown());
+      throw new ConfigError(`invalid WORKER_METRICS_PORT: ${(err as Error).message}; set another port, or METRICS_ENABLED=false`);
+    });
+  }
+  const metricsHost = config.HOST.includes(':') ? `[${config.HOST}]` : config.HOST;
   return {
     workerId,
     redisWatcher,
+    ...(metrics ? { metricsUrl: `http://${metricsHost}:${metrics.port}/metrics` } : {}),
     close: () => (closing ??= shutdown()),
   };
 }

@@ -7,6 +7,7 @@ import { TERMINAL_STATUSES, type JobStatus } from '../../../shared/src/job-schem
 import type { JobEvent, JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
 import type { RedisWatcher } from '../../../shared/src/redis-watch';
+import { rateLimited } from '../api-metrics';
 import { sendProblem } from '../problem';
 
 const STREAM_ID = /^\d{1,20}-\d{1,20}$/;
@@ -111,6 +112,7 @@ export function jobEventsHandler(deps: JobEventsDeps): RequestHandler {
     const streamId = randomUUID();
     const [took, lapsesInMs] = (await redis.eval(OPEN_STREAM, 1, slotsKey, streamId, maxStreamsPerCaller, leaseMs)) as [number, number?];
     if (took !== 1) {
+      rateLimited.inc({ limit: 'event_streams' });
       // The soonest a slot frees without the caller closing a stream: when the oldest lease would lapse.
       res.set('Retry-After', String(Math.max(1, Math.ceil((lapsesInMs ?? leaseMs) / 1000))));
       sendProblem(

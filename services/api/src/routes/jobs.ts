@@ -20,6 +20,9 @@ import { jobEventsHandler } from './job-events';
 import type { Redis } from 'ioredis';
 import type { RedisWatcher } from '../../../shared/src/redis-watch';
 import type { RedisRoom } from '../redis-room';
+import { trace } from '@opentelemetry/api';
+import { currentTraceparent } from '../../../shared/src/tracing';
+import { jobsCreated, rateLimited } from '../api-metrics';
 
 export interface JobsRouterDeps {
   config: Config;
@@ -189,6 +192,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       return;
     }
     if (created.outcome === 'full') {
+      rateLimited.inc({ limit: 'active_jobs' });
       res.set('Retry-After', String(ACTIVE_CAP_RETRY_AFTER_S));
       sendProblem(
         res,
@@ -210,7 +214,9 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     }
     const id = created.job.id;
     try {
-      await queue.add('agent', { jobId: id }, {
+      // The trace's context rides with the job, so the worker's spans join the trace this request began.
+      const traceparent = currentTraceparent();
+      await queue.add('agent', traceparent === undefined ? { jobId: id } : { jobId: id, traceparent }, {
         jobId: id,
         // The caller's place in the fair order (see job-store CREATE); BullMQ keeps it through retries.
         priority: created.priority,
@@ -226,6 +232,8 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
       if (idempotencyKey !== undefined) await store.releaseIdempotencyKey(caller, idempotencyKey).catch(() => undefined);
       throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
     }
+    jobsCreated.inc({ provider: spec.provider });
+    trace.getActiveSpan()?.setAttributes({ 'maestro.job.id': id, 'maestro.job.provider': spec.provider, 'maestro.job.inputs': inputs.length });
     logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model, inputs: inputs.length }, 'job created');
     res.status(202).location(`/v1/jobs/${id}`).json(created.job);
   }

@@ -1,6 +1,7 @@
 import type Dockerode from 'dockerode';
 import type { Logger } from '../../../shared/src/logger';
 import { LABEL, SANDBOX_ROLE } from './container-spec';
+import { reaperRemovals } from '../worker-metrics';
 
 /** Which job holds a container taken from the pool (pool containers are labelled before any job has them). */
 export interface SandboxAssignment {
@@ -57,6 +58,7 @@ export class Reaper {
       try {
         await this.opts.docker.getContainer(info.Id).remove({ force: true, v: true });
         removed += 1;
+        reaperRemovals.inc({ reason });
         this.opts.logger.info({ event: 'sandbox.reaped', containerId: info.Id, reason, jobId: labels[LABEL.job] || undefined });
       } catch (err) {
         const status = (err as { statusCode?: number }).statusCode;

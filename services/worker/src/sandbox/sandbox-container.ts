@@ -7,6 +7,7 @@ import { artifactLimits, buildContainerSpec, type ArtifactLimits, type SandboxCo
 import { LineReader } from './line-reader';
 import { CellAnswer, MAX_LINE_BYTES, parseLine, ProtocolViolation, type CellOutcome } from './runner-protocol';
 import type { OnOutput, SandboxSettings } from './types';
+import { sandboxKills } from '../worker-metrics';
 
 const STDERR_TAIL_BYTES = 4096;
 const DEFAULT_READY_TIMEOUT_MS = 30_000;
@@ -174,6 +175,7 @@ export class SandboxContainer {
         const status = engineStatus(err);
         if (status !== 404 && status !== 409) throw new SandboxError('could not kill a sandbox container', { cause: err });
       }
+      sandboxKills.inc({ reason });
       this.logger.info({ event: 'sandbox.killed', reason, ms: Math.round(performance.now() - started), containerId: this.id });
     })();
     return this.killing;

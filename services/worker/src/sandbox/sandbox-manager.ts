@@ -7,6 +7,7 @@ import { SandboxContainer } from './sandbox-container';
 import { SandboxPool } from './sandbox-pool';
 import { JobSandboxSession } from './sandbox-session';
 import type { SandboxSession, SandboxSettings } from './types';
+import { poolRequests } from '../worker-metrics';
 
 /**
  * Owns every sandbox container of this worker: the warm pool and the one container of each job's
@@ -87,6 +88,11 @@ export class SandboxManager {
     });
   }
 
+  /** Containers waiting in the pool, ready for a job. */
+  get poolReady(): number {
+    return this.pool.available;
+  }
+
   /** Resolves once the pool is full again (after takes); for benchmarks and tests that need a warm pool. */
   fillPool(): Promise<void> {
     return this.pool.fill();
@@ -127,7 +133,15 @@ export class SandboxManager {
     if (this.closed) throw new SandboxError('the sandbox manager is closed', { retryable: true });
     // A pool container has no job mounts: a job that needs some gets a fresh container.
     const pooled = this.opts.settings.poolSize > 0 && mounts.inputsHostDir === undefined;
-    const pending = pooled ? this.pool.take(() => this.launch(labels)) : this.launch(labels, mounts);
+    // take() calls its launch before it returns, so `missed` is known below.
+    let missed = false;
+    const pending = pooled
+      ? this.pool.take(() => {
+          missed = true;
+          return this.launch(labels);
+        })
+      : this.launch(labels, mounts);
+    poolRequests.inc({ runtime: this.opts.settings.runtime, result: !pooled ? 'bypass' : missed ? 'miss' : 'hit' });
     const { assign } = this.opts;
     if (assign && labels.deadline) {
       const assignment = { jobId: labels.jobId, deadline: labels.deadline };
