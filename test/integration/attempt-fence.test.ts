@@ -3,32 +3,17 @@
  * worker started the job again) can no longer write: not a step, not a requeue, not a verdict. Found
  * by the chaos test, where two live workers once recorded the same step of a job.
  */
-import { randomBytes } from 'node:crypto';
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { Redis } from 'ioredis';
-import { DirectoryArtifactStore } from '../../services/shared/src/artifact-store';
 import { newJobId } from '../../services/shared/src/ids';
 import type { JobSpec, Step } from '../../services/shared/src/job-schema';
 import { AttemptSuperseded, JobStore } from '../../services/shared/src/job-store';
-import { TEST_PREFIX } from '../support/docker';
-import { TEST_ARTIFACT_ROOT } from '../support/stack';
+import { useStoreFixture } from '../support/store-fixture';
 
-const prefix = `${TEST_PREFIX}fence${randomBytes(3).toString('hex')}`;
-let redis: Redis;
+const fixture = useStoreFixture('fence');
+const { prefix } = fixture;
 let store: JobStore;
 
-beforeAll(async () => {
-  redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-  const files = new DirectoryArtifactStore(TEST_ARTIFACT_ROOT, prefix);
-  await files.init();
-  store = new JobStore(redis, prefix, 3600, files);
-});
-afterAll(async () => {
-  const keys = await redis.keys(`${prefix}:*`);
-  if (keys.length > 0) await redis.del(...keys);
-  await redis.quit();
-  await rm(join(TEST_ARTIFACT_ROOT, prefix), { recursive: true, force: true });
+beforeAll(() => {
+  store = new JobStore(fixture.redis, prefix, 3600, fixture.files);
 });
 
 const spec: JobSpec = { task: 't', provider: 'openai', model: 'm', tools: [], maxSteps: 5, timeoutSeconds: 60, metadata: {}, inputs: [], caller: 'fence' };

@@ -6,18 +6,14 @@
  * and the store's output entries on their own: fenced like steps, never counted as steps, kept in
  * the finished job's record.
  */
-import { randomBytes } from 'node:crypto';
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { Redis } from 'ioredis';
 import { DirectoryArtifactStore } from '../../services/shared/src/artifact-store';
 import { newJobId } from '../../services/shared/src/ids';
 import type { JobSpec, Step } from '../../services/shared/src/job-schema';
 import { AttemptSuperseded, JobStore } from '../../services/shared/src/job-store';
 import type { SandboxRuntime } from '../../services/worker/src/sandbox/types';
-import { TEST_PREFIX } from '../support/docker';
 import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { readSse, type SseEvent } from '../support/sse';
+import { useStoreFixture } from '../support/store-fixture';
 import { getJob, startStack, submitJob, TEST_ARTIFACT_ROOT, type AnyJson, type Stack } from '../support/stack';
 
 /** The stacks' cap per stream (SANDBOX_OUTPUT_LIMIT_KB's default). */
@@ -207,8 +203,8 @@ describe.each(['runsc'] as SandboxRuntime[])('live output under %s', (runtime) =
 });
 
 describe("the store's output entries", () => {
-  const prefix = `${TEST_PREFIX}out${randomBytes(3).toString('hex')}`;
-  let redis: Redis;
+  const fixture = useStoreFixture('out');
+  const { prefix } = fixture;
   let store: JobStore;
   const spec: JobSpec = {
     task: 'print',
@@ -233,7 +229,7 @@ describe("the store's output entries", () => {
     stopReason: 'end',
   });
   const entries = async (id: string): Promise<[string, string, string][]> =>
-    (await redis.xrange(`${prefix}:job:${id}:events`, '-', '+')).map(([entryId, fields]) => [entryId, fields[1] as string, fields[3] as string]);
+    (await fixture.redis.xrange(`${prefix}:job:${id}:events`, '-', '+')).map(([entryId, fields]) => [entryId, fields[1] as string, fields[3] as string]);
 
   /** A job on its first attempt, its model step recorded. */
   async function running(): Promise<string> {
@@ -244,17 +240,8 @@ describe("the store's output entries", () => {
     return id;
   }
 
-  beforeAll(async () => {
-    redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
-    const files = new DirectoryArtifactStore(TEST_ARTIFACT_ROOT, prefix);
-    await files.init();
-    store = new JobStore(redis, prefix, 3600, files);
-  });
-  afterAll(async () => {
-    const keys = await redis.keys(`${prefix}:*`);
-    if (keys.length > 0) await redis.del(...keys);
-    await redis.quit();
-    await rm(join(TEST_ARTIFACT_ROOT, prefix), { recursive: true, force: true });
+  beforeAll(() => {
+    store = new JobStore(fixture.redis, prefix, 3600, fixture.files);
   });
 
   test('are appended in order as `output` events, are not steps, and stay in the finished record with their ids', async () => {
@@ -295,7 +282,7 @@ describe("the store's output entries", () => {
       },
     });
     const id = await running();
-    expect(await new JobStore(redis, prefix, 3600, racing).finish(id, { status: 'failed', stopReason: 'cancelled', error: { code: 'cancelled', message: 'x' } })).toBe(true);
+    expect(await new JobStore(fixture.redis, prefix, 3600, racing).finish(id, { status: 'failed', stopReason: 'cancelled', error: { code: 'cancelled', message: 'x' } })).toBe(true);
     const log = await store.eventLog('ada', id);
     expect(log && !log.live ? log.events.map((e) => e.type) : []).toEqual(['status', 'status', 'step', 'output', 'status']);
   });
@@ -314,6 +301,6 @@ describe("the store's output entries", () => {
     const deleted = await running();
     await store.remove(deleted);
     await store.appendOutput(deleted, 1, [{ stream: 'stdout', text: 'after deletion' }], { attempt: 1 });
-    expect(await redis.exists(`${prefix}:job:${deleted}`, `${prefix}:job:${deleted}:events`)).toBe(0);
+    expect(await fixture.redis.exists(`${prefix}:job:${deleted}`, `${prefix}:job:${deleted}:events`)).toBe(0);
   });
 });
