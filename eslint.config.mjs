@@ -11,4 +11,13 @@ export default tseslint.config(
       'no-console': 'off',
     },
   },
+  // The API client and CLI, and their tests: type-checked (no floating or misused promises, …).
+  {
+    files: ['client/**/*.ts', 'test/integration/client.test.ts', 'test/integration/cli.test.ts', 'test/unit/client-openapi.test.ts'],
+    extends: [...tseslint.configs.strictTypeChecked],
+    languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
+    rules: {
+      '@typescript-eslint/restrict-template-expressions': ['error', { allowNumber: true }],
+    },
+  },
 );

@@ -70,6 +70,8 @@ export async function startApi(config: Config, opts: { logger?: Logger } = {}): 
     if (!redisWatcher.absorb(err, 'queue')) logger.warn({ event: 'queue.error', message: err.message }, 'queue error');
   });
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600, files);
+  // A job the API ends (cancelled before it started) is queued for its webhook like any other.
+  store.queueWebhooks = config.WEBHOOKS_ENABLED;
   // Before the app is built: it makes a span per request only if tracing is on by then.
   const tracing = await startTracing(config, 'maestro-api', logger);
   let metrics: MetricsServer | undefined;

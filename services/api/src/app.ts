@@ -20,6 +20,7 @@ import { rateLimit } from './rate-limit';
 import { RedisRoom } from './redis-room';
 import { withTimeout } from '../../shared/src/time';
 import { jobsRouter } from './routes/jobs';
+import { mcpRouter } from './mcp';
 
 export interface AppDeps {
   config: Config;
@@ -128,13 +129,17 @@ export function createApp(deps: AppDeps): Express {
     res.type('html').send(docsPage);
   });
 
-  // Everything under /v1 is authenticated, rate limited and JSON; one router keeps that in one place.
+  // Everything under /v1 and /mcp is authenticated, rate limited and JSON; one router keeps that in one place.
+  const guard = express.Router();
+  guard.use(authenticate(config, { redis, logger, authSecret: deps.authSecret }));
+  if (config.RATE_LIMIT_PER_MINUTE > 0) guard.use(rateLimit({ redis, prefix: config.MAESTRO_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, logger }));
+  guard.use(express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
   const v1 = express.Router();
-  v1.use(authenticate(config, { redis, logger, authSecret: deps.authSecret }));
-  if (config.RATE_LIMIT_PER_MINUTE > 0) v1.use(rateLimit({ redis, prefix: config.MAESTRO_PREFIX, perMinute: config.RATE_LIMIT_PER_MINUTE, logger }));
-  v1.use(express.json({ limit: `${config.BODY_LIMIT_KB}kb`, strict: true, type: 'application/json' }));
+  v1.use(guard);
   v1.use('/jobs', jobsRouter({ ...deps, room }));
   app.use('/v1', v1);
+  // The same jobs as tools for MCP clients (mcp.ts), behind the same guard and so the same ownership.
+  app.use('/mcp', guard, mcpRouter({ ...deps, room }));
   app.use((_req, res) => {
     sendProblem(res, 404, 'not_found', 'No such route.');
   });

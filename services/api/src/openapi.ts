@@ -65,6 +65,20 @@ const jobSummary = z.object({
   usage,
   inputs: z.array(input).describe('files given with the job, read-only at /input/<name> in its sandbox'),
   artifacts: z.array(artifact),
+  webhook: z.object({ url: z.string() }).nullable().describe('the job\'s own webhook: where its end is POSTed, signed'),
+  webhookDeliveries: z
+    .array(
+      z.object({
+        attempt: z.number().int().describe('1 for the first'),
+        at: z.iso.datetime(),
+        target: z.enum(['job', 'deployment']).describe('the job\'s own webhook, or the deployment\'s WEBHOOK_URL (not shown)'),
+        statusCode: z.number().int().nullable().describe('the receiver\'s answer; only 2xx is a delivery (a redirect is not followed)'),
+        error: z.string().nullable(),
+        durationMs: z.number().int(),
+        willRetry: z.boolean(),
+      }),
+    )
+    .describe('the webhook\'s delivery attempts, oldest first (the last 20); empty until the job has ended'),
 });
 const job = jobSummary.extend({ steps: z.array(z.discriminatedUnion('type', [modelStep, toolStep])) });
 const jobList = z.object({ jobs: z.array(jobSummary), nextCursor: z.string().nullable() });
@@ -164,6 +178,22 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
       },
       '/openapi.json': { get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1 JSON.' } } } },
       '/docs': { get: { summary: 'Human-readable API docs', security: [], responses: { '200': { description: 'HTML.' } } } },
+      // The MCP server (mcp.ts): JSON-RPC over Streamable HTTP, which OpenAPI can only point at.
+      '/mcp': {
+        post: {
+          summary: 'MCP server (Streamable HTTP, stateless)',
+          description:
+            'The job API as Model Context Protocol tools (run_job, get_job, list_jobs, cancel_job) for MCP clients; one JSON-RPC message (or batch) per POST, answered as JSON or an event stream. Same authentication, rate limit and ownership as /v1.',
+          requestBody: { required: true, content: { 'application/json': { schema: { type: 'object' } } } },
+          responses: {
+            ...common,
+            '200': { description: 'The JSON-RPC answer, as application/json or text/event-stream.' },
+            '202': { description: 'A notification or response was accepted.' },
+          },
+        },
+        get: { summary: 'No standalone event stream: the server keeps no sessions', responses: { ...common, '405': problemResponse('Use POST.') } },
+        delete: { summary: 'No session to end: the server keeps no sessions', responses: { ...common, '405': problemResponse('Use POST.') } },
+      },
       '/v1/jobs': {
         post: {
           summary: 'Submit a job',
@@ -200,7 +230,9 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
             '200': { description: 'The job an earlier request with this Idempotency-Key created.', content: { 'application/json': { schema: { $ref: '#/components/schemas/Job' } } } },
             ...common,
             ...foreignOrigin,
-            '400': problemResponse('Invalid request (`errors` names each field): a bad job, a bad file name, no `job` part, a truncated multipart body.'),
+            '400': problemResponse(
+              'Invalid request (`errors` names each field): a bad job, a bad file name, no `job` part, a truncated multipart body; a `webhook.url` that may not be used (`webhook_url_not_allowed`: not public http(s)), or any `webhook` while webhooks are off (`webhooks_disabled`).',
+            ),
             '409': problemResponse('Idempotency-Key reused with another body, or its job has expired.'),
             '413': problemResponse(
               'Body too large: the JSON over BODY_LIMIT_KB, more than JOB_INPUT_MAX_FILES files (`too_many_files`), files over JOB_INPUT_MAX_MB (`inputs_too_large`), or files that would pass the caller\'s storage quota (`storage_quota_exceeded`).',

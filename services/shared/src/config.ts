@@ -183,6 +183,29 @@ export const configSchema = z.object({
   /** The `service.name` of the traces; `maestro-api` and `maestro-worker` by default. */
   OTEL_SERVICE_NAME: optionalString,
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  /**
+   * Webhooks on: jobs may name a `webhook` (the API refuses one otherwise) and every finished job is
+   * queued for delivery. The worker then needs WEBHOOK_SECRET; the API never does.
+   */
+  WEBHOOKS_ENABLED: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((v) => v === 'true' || v === '1'),
+  /** The deployment's webhook: gets every finished job that names none of its own. Worker only. */
+  WEBHOOK_URL: optionalString.pipe(z.string().max(2048).pipe(z.url({ protocol: /^https?$/ })).optional()),
+  /** The signing secret, `whsec_<base64 of 24 to 64 bytes>` (Standard Webhooks). Worker only. */
+  WEBHOOK_SECRET: optionalString,
+  /** Lets webhooks reach loopback, private, link-local and metadata addresses (tests, a receiver on the same network). */
+  WEBHOOK_ALLOW_PRIVATE: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((v) => v === 'true' || v === '1'),
+  /** One delivery attempt, connection to last byte read. */
+  WEBHOOK_TIMEOUT_MS: int(100, 60_000).default(10_000),
+  /** Attempts per delivery, the first included; the n-th retry waits WEBHOOK_RETRY_BASE_MS × 4^(n-1). */
+  WEBHOOK_MAX_ATTEMPTS: int(1, 12).default(8),
+  WEBHOOK_RETRY_BASE_MS: int(10, 3_600_000).default(5000),
 });
 
 export type Config = z.output<typeof configSchema>;

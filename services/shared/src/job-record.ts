@@ -33,8 +33,12 @@ export interface StoredArtifact extends ArtifactInfo {
 export interface RecordHeader {
   format: typeof RECORD_FORMAT;
   caller: string;
-  /** The job as GET shows it, less its steps (they are the `step` events) and its artifacts (below). */
-  job: Omit<JobView, 'steps' | 'artifacts'>;
+  /**
+   * The job as GET shows it, less its steps (they are the `step` events), its artifacts (below) and
+   * its webhook deliveries (made after the record, kept in Redis beside its hash). Records from before
+   * webhooks have no `webhook`.
+   */
+  job: Omit<JobView, 'steps' | 'artifacts' | 'webhookDeliveries'>;
   artifacts: StoredArtifact[];
 }
 
@@ -80,7 +84,7 @@ export async function readRecordHeader(stream: Readable): Promise<RecordHeader> 
 
 /** The job as the list shows it (no steps) from a record's header. */
 export function summaryOf(header: RecordHeader): Omit<JobView, 'steps'> {
-  return { ...header.job, artifacts: publicArtifacts(header.artifacts) };
+  return { ...header.job, webhook: webhookOf(header), artifacts: publicArtifacts(header.artifacts), webhookDeliveries: [] };
 }
 
 /** Artifacts as the API shows them, by name: where the bytes are is the store's business, not the client's. */
@@ -89,7 +93,12 @@ export function publicArtifacts(artifacts: readonly StoredArtifact[]): ArtifactI
 }
 
 function viewOf(header: RecordHeader, steps: Step[]): JobView {
-  return { ...header.job, steps, artifacts: publicArtifacts(header.artifacts) };
+  return { ...header.job, webhook: webhookOf(header), steps, artifacts: publicArtifacts(header.artifacts), webhookDeliveries: [] };
+}
+
+/** The job's own webhook; a record from before webhooks has none. */
+function webhookOf(header: RecordHeader): JobView['webhook'] {
+  return (header.job as Partial<RecordHeader['job']>).webhook ?? null;
 }
 
 function parseHeader(line: string | undefined): RecordHeader {

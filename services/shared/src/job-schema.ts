@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { WEBHOOK_URL_MAX_CHARS, webhookUrlShapeProblem } from './webhooks';
 
 export const TOOL_NAMES = ['code_executor', 'list_files', 'read_file'] as const;
 export type ToolName = (typeof TOOL_NAMES)[number];
@@ -47,6 +48,19 @@ export function createJobRequestSchema(limits: { maxSteps: number; maxTimeoutSec
       )
       .refine((m) => Object.keys(m).length <= LIMITS.metadataKeys, `at most ${LIMITS.metadataKeys} keys`)
       .optional(),
+    /** Where the job's end is POSTed, signed (README, "Webhooks"); where it may point is checked by the API too. */
+    webhook: z
+      .strictObject({
+        url: z
+          .string()
+          .max(WEBHOOK_URL_MAX_CHARS)
+          .superRefine((url, ctx) => {
+            const problem = webhookUrlShapeProblem(url);
+            if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+          }),
+      })
+      .describe('where the job\'s end is POSTed, signed (Standard Webhooks): a public http(s) URL; needs WEBHOOKS_ENABLED')
+      .optional(),
   });
 }
 
@@ -64,6 +78,8 @@ export interface JobSpec {
   metadata: Record<string, string>;
   /** Files given with the job, read-only at /input/<name> in its sandbox. */
   inputs: InputInfo[];
+  /** Where the job's end is POSTed, besides nothing: the deployment's WEBHOOK_URL gets jobs that name none. */
+  webhook?: { url: string };
   caller: string;
 }
 
@@ -119,8 +135,29 @@ export interface ArtifactInfo {
   step: number;
 }
 
+/** One attempt to deliver a finished job's webhook. */
+export interface WebhookDelivery {
+  /** 1 for the first attempt. */
+  attempt: number;
+  /** When the attempt started. */
+  at: string;
+  /** `job` for the job's own webhook, `deployment` for the deployment's WEBHOOK_URL (not shown). */
+  target: 'job' | 'deployment';
+  /** The receiver's HTTP status, when it answered; 2xx is success, anything else (a redirect too) a failure. */
+  statusCode: number | null;
+  /** Why the attempt failed, when it did. */
+  error: string | null;
+  durationMs: number;
+  /** Whether another attempt follows (a failure with attempts left). */
+  willRetry: boolean;
+}
+
 /** A job as the API shows it: its request as resolved (the owner is not shown), then its state. */
-export interface JobView extends Omit<JobSpec, 'caller'> {
+export interface JobView extends Omit<JobSpec, 'caller' | 'webhook'> {
+  /** The job's own webhook, or null. */
+  webhook: { url: string } | null;
+  /** Its webhook's delivery attempts, oldest first (the last 20); empty until the job has ended. */
+  webhookDeliveries: WebhookDelivery[];
   id: string;
   status: JobStatus;
   createdAt: string;

@@ -10,6 +10,7 @@ import {
   type Step,
   type StopReason,
   type Usage,
+  type WebhookDelivery,
 } from './job-schema';
 import { newJobId } from './ids';
 import {
@@ -164,9 +165,13 @@ return 1
  * Every finished job has a directory (its record at least), so every one is removed by the retention
  * sweep (remove, removeJob), which also frees its files' bytes in its caller's quota; the hash's own
  * expiry comes a day later, as a backstop should no sweep run.
- * KEYS: 1 job, 2 job events, 3 caller's active jobs, 4 retention schedule, 5.. the job's keys the record replaces
+ * With webhooks on, the same script queues the job's webhook delivery (see webhooks.ts in the
+ * worker), so that no verdict is recorded without its delivery queued, whoever records it and
+ * whatever becomes of that process right after.
+ * KEYS: 1 job, 2 job events, 3 caller's active jobs, 4 retention schedule, 5 webhooks due,
+ *       6.. the job's keys the record replaces
  * ARGV: 1 id, 2 version read, 3 final event id, 4 final event data, 5 events grace ms,
- *       6 removal time ms, 7 hash expiry s, 8.. the finished job's hash fields
+ *       6 removal time ms, 7 hash expiry s, 8 webhook due time ms ('' for none), 9.. the finished job's hash fields
  */
 const ARCHIVE = `
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -178,10 +183,11 @@ if not st then return -1 end
 if ended then return 0 end
 redis.call('XADD', KEYS[2], ARGV[3], 'type', 'status', 'data', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('DEL', KEYS[1], unpack(KEYS, 5))
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('DEL', KEYS[1], unpack(KEYS, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+if ARGV[8] ~= '' then redis.call('ZADD', KEYS[5], ARGV[8], ARGV[1]) end
 return 1
 `;
 
@@ -225,7 +231,7 @@ return {'saved', oldFile}
  * Removes a job's record (deleted by its owner, or past its retention) and gives its stored bytes
  * back to its caller's quota. Returns 1 when there was something to remove.
  * KEYS: 1 stored files by job, 2 retention schedule, 3 caller's job index, 4 caller's active jobs,
- *       5 caller's stored bytes, 6 job, 7.. the job's other keys
+ *       5 caller's stored bytes, 6 webhooks due, 7 job, 8.. the job's other keys
  * ARGV: 1 id
  */
 const REMOVE = `
@@ -236,11 +242,13 @@ if entry then
   redis.call('HDEL', KEYS[1], ARGV[1])
   found = 1
 end
-local idem = redis.call('HGET', KEYS[6], 'idempotencyKey')
+local idem = redis.call('HGET', KEYS[7], 'idempotencyKey')
 if idem then redis.call('DEL', idem) end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-found = found + redis.call('DEL', unpack(KEYS, 6))
+-- A webhook still being retried stops with its job.
+redis.call('ZREM', KEYS[6], ARGV[1])
+found = found + redis.call('DEL', unpack(KEYS, 7))
 if found > 0 then return 1 end
 return 0
 `;
@@ -283,6 +291,43 @@ for i = 2, #ARGV do
   redis.call('XADD', KEYS[2], '*', 'type', 'output', 'data', ARGV[i])
 end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
+return 1
+`;
+
+/**
+ * Claims the webhook deliveries that are due: each is pushed a lease ahead, so a worker that dies
+ * with it leaves it due again when the lease ends, and no other worker takes it meanwhile. Returns
+ * each id with the attempts it has recorded.
+ * KEYS: 1 webhooks due
+ * ARGV: 1 now ms, 2 lease end ms, 3 most to claim, 4 job key prefix
+ */
+const CLAIM_WEBHOOKS = `
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('LLEN', ARGV[4] .. id .. ':webhook-deliveries')
+end
+return out
+`;
+
+/**
+ * Records one delivery attempt on its job and schedules the next (or ends the delivery), unless the
+ * job is gone (deleted, or past its retention): then the delivery ends with it.
+ * KEYS: 1 job, 2 job's deliveries, 3 webhooks due
+ * ARGV: 1 id, 2 attempt JSON, 3 next attempt ms ('' when none follows), 4 attempts kept
+ */
+const RECORD_WEBHOOK = `
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 0
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[3], ARGV[1]) else redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
 return 1
 `;
 
@@ -330,6 +375,9 @@ export type SaveArtifactOutcome =
   /** Refused: the job ended or was deleted meanwhile, or a quota would be passed. */
   | { outcome: 'gone' | 'finished' | 'job_files' | 'job_bytes' | 'caller_bytes' };
 
+/** Delivery attempts kept per job, the latest. */
+const WEBHOOK_ATTEMPTS_KEPT = 20;
+
 /** A finished job is removed this long after its retention ends, should no sweep run. */
 const BACKSTOP_EXPIRY_S = 24 * 3600;
 
@@ -360,6 +408,12 @@ export class JobStore {
   ) {}
 
   private readonly shas = new Map<string, string>();
+
+  /**
+   * Whether each job this store ends is queued for its webhook (WEBHOOKS_ENABLED), in the script that
+   * records its end. Every process that ends jobs (the API too: a cancel before the start) sets it alike.
+   */
+  queueWebhooks = false;
 
   /** Told of each job this store ends, once its end is recorded (the worker counts them in its metrics). */
   onFinished: ((job: Pick<JobView, 'status' | 'stopReason' | 'provider' | 'createdAt' | 'finishedAt'>) => void) | undefined;
@@ -416,7 +470,12 @@ export class JobStore {
 
   /** Every key of a job, for removing it. */
   private allKeys(id: string): string[] {
-    return [this.key(id), this.key(id, 'events'), ...this.historyKeys(id), this.key(id, 'artifact-data')];
+    return [this.key(id), this.key(id, 'events'), ...this.historyKeys(id), this.key(id, 'artifact-data'), this.key(id, 'webhook-deliveries')];
+  }
+
+  /** Finished jobs whose webhook is yet to be delivered, scored by when their next attempt is due (or a claim's lease ends). */
+  private webhooksDueKey(): string {
+    return `${this.prefix}:webhooks:due`;
   }
 
   /**
@@ -510,22 +569,28 @@ export class JobStore {
   }
 
   /** A live job whole, in one transaction: its hash, its event stream and its artifacts' metadata. */
-  private async snapshot(id: string): Promise<{ hash: Record<string, string>; entries: [string, string[]][]; artifacts: string[] }> {
-    const [[, hash], [, entries], [, artifacts]] = (await this.redis
+  private async snapshot(
+    id: string,
+  ): Promise<{ hash: Record<string, string>; entries: [string, string[]][]; artifacts: string[]; deliveries: string[] }> {
+    const [[, hash], [, entries], [, artifacts], [, deliveries]] = (await this.redis
       .multi()
       .hgetall(this.key(id))
       .xrange(this.key(id, 'events'), '-', '+')
       .hvals(this.key(id, 'artifacts'))
-      .exec()) as [[null, Record<string, string>], [null, [string, string[]][]], [null, string[]]];
-    return { hash, entries, artifacts };
+      .lrange(this.key(id, 'webhook-deliveries'), 0, -1)
+      .exec()) as [[null, Record<string, string>], [null, [string, string[]][]], [null, string[]], [null, string[]]];
+    return { hash, entries, artifacts, deliveries };
   }
 
   /** The job as its owner sees it, or null when it does not exist or belongs to someone else. */
   async getFor(caller: string, id: string): Promise<JobView | null> {
     // One transaction: a job that finishes meanwhile is read whole from Redis or whole from its record.
-    const { hash, entries, artifacts } = await this.snapshot(id);
+    const { hash, entries, artifacts, deliveries } = await this.snapshot(id);
     if (hash.caller !== caller) return null;
-    if (hash.record !== undefined) return (await this.readRecord(id, hash.record))?.view ?? null;
+    if (hash.record !== undefined) {
+      const view = (await this.readRecord(id, hash.record))?.view;
+      return view ? { ...view, webhookDeliveries: deliveriesOf(deliveries) } : null;
+    }
     if (!hash.spec) return null;
     return { ...summaryFromHash(id, hash, artifacts), steps: stepsOf(entries) };
   }
@@ -542,10 +607,10 @@ export class JobStore {
     const page = await this.scan(caller, opts);
     // A finished job's fields are in its record: the first line of each, read side by side.
     const jobs = await Promise.all(
-      page.found.map(async ({ id, hash, artifacts }) => {
+      page.found.map(async ({ id, hash, artifacts, deliveries }) => {
         if (hash.record === undefined) return summaryFromHash(id, hash, artifacts);
         const header = await this.readHeader(id, hash.record);
-        return header && summaryOf(header);
+        return header && { ...summaryOf(header), webhookDeliveries: deliveriesOf(deliveries) };
       }),
     );
     // A job deleted between the scan and its record's read is left out, as if deleted before.
@@ -556,8 +621,8 @@ export class JobStore {
   private async scan(
     caller: string,
     opts: { limit: number; cursor?: string; status?: JobStatus },
-  ): Promise<{ found: { id: string; hash: Record<string, string>; artifacts: string[] }[]; nextCursor: string | null }> {
-    const found: { id: string; hash: Record<string, string>; artifacts: string[] }[] = [];
+  ): Promise<{ found: { id: string; hash: Record<string, string>; artifacts: string[]; deliveries: string[] }[]; nextCursor: string | null }> {
+    const found: { id: string; hash: Record<string, string>; artifacts: string[]; deliveries: string[] }[] = [];
     let from = opts.cursor ? `(${opts.cursor}` : '+';
     const batch = Math.max(opts.limit + 1, 50);
     // With a status filter, scanning is bounded so that one request cannot walk an unbounded history;
@@ -567,13 +632,13 @@ export class JobStore {
       if (ids.length === 0) return { found, nextCursor: null };
       scanned += ids.length;
       const pipeline = this.redis.pipeline();
-      for (const id of ids) pipeline.hgetall(this.key(id)).hvals(this.key(id, 'artifacts'));
+      for (const id of ids) pipeline.hgetall(this.key(id)).hvals(this.key(id, 'artifacts')).lrange(this.key(id, 'webhook-deliveries'), 0, -1);
       const replies = (await pipeline.exec()) ?? [];
       const gone: string[] = [];
       let more = false;
       for (let i = 0; i < ids.length; i++) {
         const id = ids[i] as string;
-        const hash = replies[2 * i]?.[1] as Record<string, string> | undefined;
+        const hash = replies[3 * i]?.[1] as Record<string, string> | undefined;
         if (!hash?.spec && hash?.record === undefined) {
           gone.push(id); // expired after its retention time
         } else if (!opts.status || hash.status === opts.status) {
@@ -581,7 +646,12 @@ export class JobStore {
             more = true; // the look-ahead: a job past this page exists
             break;
           }
-          found.push({ id, hash, artifacts: (replies[2 * i + 1]?.[1] as string[] | undefined) ?? [] });
+          found.push({
+            id,
+            hash,
+            artifacts: (replies[3 * i + 1]?.[1] as string[] | undefined) ?? [],
+            deliveries: (replies[3 * i + 2]?.[1] as string[] | undefined) ?? [],
+          });
         }
         from = `(${id}`;
       }
@@ -727,7 +797,7 @@ export class JobStore {
       caller === null
         ? [this.key(id, 'none'), this.key(id, 'none'), this.key(id, 'none')]
         : [this.callerKey(caller), this.activeKey(caller), this.storedBytesKey(caller)];
-    const res = await this.run(REMOVE, [this.filesKey(), this.retentionKey(), ...callerKeys, ...this.allKeys(id)], [id]);
+    const res = await this.run(REMOVE, [this.filesKey(), this.retentionKey(), ...callerKeys, this.webhooksDueKey(), ...this.allKeys(id)], [id]);
     return res === 1;
   }
 
@@ -792,7 +862,7 @@ export class JobStore {
       const record = await this.files.putRecord(id, await encodeRecord(header, [...events, final]));
       const res = await this.run(
         ARCHIVE,
-        [this.key(id), this.key(id, 'events'), this.activeKey(caller), this.retentionKey(), ...this.historyKeys(id)],
+        [this.key(id), this.key(id, 'events'), this.activeKey(caller), this.retentionKey(), this.webhooksDueKey(), ...this.historyKeys(id)],
         [
           id,
           hash.version ?? '0',
@@ -801,6 +871,7 @@ export class JobStore {
           EVENTS_GRACE_MS,
           now.getTime() + this.retentionSeconds * 1000,
           this.retentionSeconds + BACKSTOP_EXPIRY_S,
+          this.queueWebhooks ? now.getTime() : '',
           ...Object.entries(finishedHash(ended, record)).flat(),
         ],
       );
@@ -818,6 +889,41 @@ export class JobStore {
       // A step or an artifact landed (another worker took the job over): read it again.
       if (attempt === FINISH_ATTEMPTS) throw new Error(`job ${id} kept changing while it was being finished`);
     }
+  }
+
+  /** Webhook deliveries due by `now`, claimed for `leaseMs` (see CLAIM_WEBHOOKS), with the attempts each has made. */
+  async claimWebhooks(now: Date, leaseMs: number, limit: number): Promise<{ id: string; attempts: number }[]> {
+    const flat = (await this.run(CLAIM_WEBHOOKS, [this.webhooksDueKey()], [now.getTime(), now.getTime() + leaseMs, limit, this.key('')])) as (
+      | string
+      | number
+    )[];
+    const claimed: { id: string; attempts: number }[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) claimed.push({ id: String(flat[i]), attempts: Number(flat[i + 1]) });
+    return claimed;
+  }
+
+  /** The finished job a webhook delivery is about, as its record holds it; null when it is gone. */
+  async finishedRecord(id: string): Promise<RecordHeader | null> {
+    const record = await this.redis.hget(this.key(id), 'record');
+    return record === null ? null : this.readHeader(id, record);
+  }
+
+  /**
+   * Records a delivery attempt on its job (the last WEBHOOK_ATTEMPTS_KEPT are kept) and when the next
+   * is due, null when none follows. Returns false when the job is gone, which ends its delivery.
+   */
+  async recordWebhookAttempt(id: string, delivery: WebhookDelivery | null, next: Date | null): Promise<boolean> {
+    if (delivery === null) {
+      // Nothing was tried (no URL to send to): the delivery just ends.
+      await this.redis.zrem(this.webhooksDueKey(), id);
+      return true;
+    }
+    const res = await this.run(
+      RECORD_WEBHOOK,
+      [this.key(id), this.key(id, 'webhook-deliveries'), this.webhooksDueKey()],
+      [id, JSON.stringify(delivery), next === null ? '' : next.getTime(), WEBHOOK_ATTEMPTS_KEPT],
+    );
+    return res === 1;
   }
 
   /**
@@ -931,6 +1037,17 @@ const FINISHED_FIELDS = [
   'idempotencyKey',
 ] as const;
 
+/** A finished job's delivery attempts as kept in Redis (JSON, oldest first); one that does not parse is left out. */
+function deliveriesOf(raw: readonly string[]): WebhookDelivery[] {
+  return raw.flatMap((entry) => {
+    try {
+      return [JSON.parse(entry) as WebhookDelivery];
+    } catch {
+      return [];
+    }
+  });
+}
+
 function eventOf(id: string, fields: string[]): JobEvent {
   const f: Record<string, string> = {};
   for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] as string] = fields[i + 1] as string;
@@ -952,7 +1069,7 @@ function nextEventId(last: string | undefined, now: Date): string {
 }
 
 function summaryFromHash(id: string, hash: Record<string, string>, artifacts: string[]): JobSummary {
-  return { ...jobFromHash(id, hash), artifacts: publicArtifacts(artifacts.map((a) => JSON.parse(a) as StoredArtifact)) };
+  return { ...jobFromHash(id, hash), artifacts: publicArtifacts(artifacts.map((a) => JSON.parse(a) as StoredArtifact)), webhookDeliveries: [] };
 }
 
 function jobFromHash(id: string, hash: Record<string, string>): RecordHeader['job'] {
@@ -968,6 +1085,7 @@ function jobFromHash(id: string, hash: Record<string, string>): RecordHeader['jo
     maxSteps: spec.maxSteps,
     timeoutSeconds: spec.timeoutSeconds,
     metadata: spec.metadata,
+    webhook: spec.webhook ?? null,
     createdAt: hash.createdAt as string,
     startedAt: hash.startedAt ?? null,
     finishedAt: hash.finishedAt ?? null,

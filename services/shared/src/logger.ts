@@ -14,6 +14,8 @@ export const REDACT_PATHS = [
   '*.OPENAI_API_KEY',
   '*.ANTHROPIC_API_KEY',
   '*.API_KEYS',
+  '*.WEBHOOK_SECRET',
+  'headers["webhook-signature"]',
   '*.apiKey',
   'apiKey',
 ];

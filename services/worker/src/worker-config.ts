@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { checkConfig, ConfigError, configCheck, type Config, type ConfigCheck, type ParsedEnv } from '../../shared/src/config';
 import { redisConfigCheck } from '../../shared/src/redis';
+import { webhookSecretKey } from '../../shared/src/webhooks';
 import { validateAllowedDirs, type ValidatedAllowedDirs } from './allowed-dirs';
 import { OUTPUT_DIR } from './sandbox/container-spec';
 
@@ -29,7 +30,22 @@ export const WORKER_CONFIG_CHECKS: readonly ConfigCheck[] = [
     return problem === null ? [] : [problem];
   }),
   redisConfigCheck,
+  configCheck(['WEBHOOKS_ENABLED', 'WEBHOOK_SECRET', 'WEBHOOK_URL'], (config) => webhookConfigProblems(config)),
 ];
+
+/** Webhooks need a well-formed secret when on, and WEBHOOKS_ENABLED=true when a URL or secret says they are wanted. */
+export function webhookConfigProblems(config: { WEBHOOKS_ENABLED: boolean; WEBHOOK_SECRET?: string | undefined; WEBHOOK_URL?: string | undefined }): string[] {
+  const problems: string[] = [];
+  if (config.WEBHOOK_SECRET !== undefined && webhookSecretKey(config.WEBHOOK_SECRET) === null) {
+    problems.push('invalid WEBHOOK_SECRET: must be whsec_ followed by the base64 of 24 to 64 random bytes (`echo whsec_$(openssl rand -base64 32)`)');
+  } else if (config.WEBHOOKS_ENABLED && config.WEBHOOK_SECRET === undefined) {
+    problems.push('WEBHOOKS_ENABLED=true needs WEBHOOK_SECRET in the worker, to sign deliveries (`echo whsec_$(openssl rand -base64 32)`)');
+  }
+  if (!config.WEBHOOKS_ENABLED && config.WEBHOOK_URL !== undefined) {
+    problems.push('WEBHOOK_URL is set but webhooks are off: set WEBHOOKS_ENABLED=true (in the api and the worker) and WEBHOOK_SECRET');
+  }
+  return problems;
+}
 
 /**
  * The worker's configuration, or a ConfigError listing every problem at once: each value the schema

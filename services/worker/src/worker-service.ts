@@ -33,6 +33,9 @@ import { collectProcessMetrics, startMetricsServer, type MetricsServer } from '.
 import { startTracing } from '../../shared/src/tracing';
 import { instrumentProvider, instrumentSession } from './instrumentation';
 import { jobDuration, jobsEnded, measureWorker } from './worker-metrics';
+import { WebhookDispatcher } from './webhooks/dispatcher';
+import { webhookConfigProblems } from './worker-config';
+import { webhookSecretKey } from '../../shared/src/webhooks';
 
 const HEARTBEAT_TTL_S = 15;
 const HEARTBEAT_EVERY_MS = 5000;
@@ -81,6 +84,9 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   // First, before anything connects: a bad value must stop start-up, not fail every call of a healthy-looking worker.
   const allowed = opts.allowedDirs ?? (await validateAllowedDirs(config.ALLOWED_DIRS, { codeDir: CODE_DIR, outputDir: OUTPUT_DIR }));
   const allowedDirs = allowed.dirs;
+  const webhookProblems = webhookConfigProblems(config);
+  if (webhookProblems.length > 0) throw new ConfigError(webhookProblems.join('\n'));
+  const webhookKey = config.WEBHOOK_SECRET === undefined ? null : webhookSecretKey(config.WEBHOOK_SECRET);
   // The prefix leads the id so that everything a deployment (or a test run) created can be told apart.
   const workerId = `${config.MAESTRO_PREFIX}.${hostname()}.${process.pid}.${randomBytes(3).toString('hex')}`;
   const logger = (opts.logger ?? createLogger({ level: config.LOG_LEVEL, service: 'worker' })).child({ workerId });
@@ -94,6 +100,8 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
   redisWatcher.watch(subscriber, 'subscriber');
   const files = new DirectoryArtifactStore(config.ARTIFACT_DIR, config.MAESTRO_PREFIX);
   const store = new JobStore(redis, config.MAESTRO_PREFIX, config.JOB_RETENTION_HOURS * 3600, files);
+  // Every job this worker ends is queued for its webhook in the script that records its end.
+  store.queueWebhooks = config.WEBHOOKS_ENABLED;
   await files.init().catch(async (err: unknown) => {
     await Promise.all([closeRedis(subscriber), closeRedis(redis)]);
     throw new ConfigError(`invalid ARTIFACT_DIR: cannot create or write to it (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
@@ -239,6 +247,23 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     jobsEnded.inc({ status: job.status, stop_reason: job.stopReason ?? 'none', provider: job.provider });
     if (job.finishedAt) jobDuration.observe({ status: job.status, provider: job.provider }, (Date.parse(job.finishedAt) - Date.parse(job.createdAt)) / 1000);
   };
+  // Finished jobs' webhooks, from whichever process ended them (the API too), until delivered or given up.
+  let webhooks: WebhookDispatcher | undefined;
+  if (config.WEBHOOKS_ENABLED) {
+    webhooks = new WebhookDispatcher({
+      store,
+      logger,
+      settings: {
+        key: webhookKey as Buffer,
+        deploymentUrl: config.WEBHOOK_URL,
+        allowPrivate: config.WEBHOOK_ALLOW_PRIVATE,
+        timeoutMs: config.WEBHOOK_TIMEOUT_MS,
+        maxAttempts: config.WEBHOOK_MAX_ATTEMPTS,
+        retryBaseMs: config.WEBHOOK_RETRY_BASE_MS,
+      },
+    });
+    webhooks.start();
+  }
   const stopMeasuring = measureWorker({ runtime: config.SANDBOX_RUNTIME, ready: () => sandboxes.poolReady }, processor);
 
   await subscriber.subscribe(cancelChannel(config.MAESTRO_PREFIX));
@@ -305,6 +330,7 @@ export async function startWorker(config: Config, opts: StartWorkerOptions = {})
     const grace = setTimeout(() => processor.abortAll(), config.WORKER_SHUTDOWN_GRACE_MS);
     await worker.close();
     await Promise.all(lateVerdicts);
+    await webhooks?.close();
     clearTimeout(grace);
     clearInterval(cancelPollTimer);
     clearInterval(reaperTimer);

@@ -8,7 +8,7 @@ import type { Config } from '../../../shared/src/config';
 import { AppError, ConflictError, NotFoundError, ValidationError } from '../../../shared/src/errors';
 import { JOB_ID_PATTERN, newJobId } from '../../../shared/src/ids';
 import { inputNameProblem } from '../../../shared/src/file-names';
-import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type InputInfo, type JobSpec } from '../../../shared/src/job-schema';
+import { createJobRequestSchema, JOB_STATUSES, TOOL_NAMES, type InputInfo, type JobSpec, type JobView } from '../../../shared/src/job-schema';
 import type { JobStore } from '../../../shared/src/job-store';
 import type { Logger } from '../../../shared/src/logger';
 import { cancelChannel, type QueuedJobData } from '../../../shared/src/queue';
@@ -23,6 +23,7 @@ import type { RedisRoom } from '../redis-room';
 import { trace } from '@opentelemetry/api';
 import { currentTraceparent } from '../../../shared/src/tracing';
 import { jobsCreated, rateLimited } from '../api-metrics';
+import { resolveWebhookTarget } from '../../../shared/src/webhooks';
 
 export interface JobsRouterDeps {
   config: Config;
@@ -94,6 +95,168 @@ function jobIdParam(req: Request): string {
   return id;
 }
 
+/**
+ * Refuses a job's webhook URL that webhooks being off, or the SSRF guard, would never let a worker
+ * send to: its host is resolved now and every address judged (the worker judges again, and connects
+ * only to the address it judged). The detail says why, never the URL (its path may hold a token).
+ */
+async function checkWebhook(config: Config, url: string): Promise<void> {
+  if (!config.WEBHOOKS_ENABLED) {
+    throw new AppError({
+      code: 'webhooks_disabled',
+      status: 400,
+      detail: 'This deployment does not send webhooks (WEBHOOKS_ENABLED is off): send the job without `webhook`.',
+    });
+  }
+  const target = await resolveWebhookTarget(url, { allowPrivate: config.WEBHOOK_ALLOW_PRIVATE });
+  if (!target.ok) {
+    throw new AppError({
+      code: 'webhook_url_not_allowed',
+      status: 400,
+      detail: `webhook.url is not allowed: ${target.reason}. Webhooks go to public http(s) addresses only.`,
+    });
+  }
+}
+
+/** What creating a job came to: the job (made now, or the Idempotency-Key's), or a refusal to answer with. */
+export type JobCreation =
+  | { outcome: 'created' | 'existing'; job: JobView }
+  | { outcome: 'refused'; status: 413 | 429; code: string; detail: string; retryAfterSeconds?: number };
+
+/** Creates a job for `caller` from a request body (not yet validated), as `POST /v1/jobs` does. */
+export type JobCreator = (caller: string, raw: unknown, uploads: readonly UploadedFile[], idempotencyKey: string | undefined) => Promise<JobCreation>;
+
+/**
+ * Job creation, shared by `POST /v1/jobs` and the MCP tool `run_job` (mcp.ts): validation, the caller's
+ * caps and quota, the fair order and the queue. Invalid input, a reused Idempotency-Key and an
+ * unavailable queue are thrown (AppErrors); a cap or quota refusal is returned.
+ */
+export function jobCreator(deps: Pick<JobsRouterDeps, 'config' | 'store' | 'files' | 'queue' | 'logger'>): JobCreator {
+  const { config, store, files, queue, logger } = deps;
+  const requestSchema = createJobRequestSchema({
+    maxSteps: config.JOB_MAX_STEPS_LIMIT,
+    maxTimeoutSeconds: config.JOB_MAX_TIMEOUT_SECONDS,
+  });
+  /** Creates and enqueues a job from its request, with its uploaded input files (none for a JSON request). */
+  return async function createJob(caller, raw, uploads, idempotencyKey) {
+    const body = parseOrThrow(requestSchema, raw, 'job');
+    const inputs: InputInfo[] = uploads.map(({ name, size, contentType, sha256 }) => ({ name, size, contentType, sha256 }));
+    if (inputs.length > 0 && body.tools !== undefined && !body.tools.includes('code_executor')) {
+      throw new ValidationError('Input files are read with code_executor: enable that tool, or send the job without files.', [
+        { field: 'tools', message: 'must include code_executor when the job has input files' },
+      ]);
+    }
+    if (body.webhook !== undefined) await checkWebhook(config, body.webhook.url);
+    const provider = body.provider ?? config.DEFAULT_PROVIDER;
+    const spec: JobSpec = {
+      task: body.task,
+      provider,
+      model: body.model ?? (provider === 'openai' ? config.OPENAI_MODEL : config.ANTHROPIC_MODEL),
+      ...(body.system === undefined ? {} : { system: body.system }),
+      tools: body.tools ?? [...TOOL_NAMES],
+      maxSteps: body.maxSteps,
+      timeoutSeconds: body.timeoutSeconds,
+      metadata: body.metadata ?? {},
+      inputs,
+      ...(body.webhook === undefined ? {} : { webhook: { url: body.webhook.url } }),
+      caller,
+    };
+    const newId = newJobId();
+    // The files are in place before the job exists, so no worker can start it without them.
+    if (uploads.length > 0) await files.adoptInputs(newId, uploads);
+    let created;
+    try {
+      // A JSON request's fingerprint is its body's, as it has always been; an upload's covers its files too.
+      const print = uploads.length === 0 ? fingerprint(body) : fingerprint({ job: body, inputs: inputs.map((f) => [f.name, f.sha256]) });
+      created = await store.create(newId, spec, new Date(), {
+        maxActive: config.CALLER_MAX_ACTIVE_JOBS,
+        storageQuotaBytes: config.ARTIFACT_QUOTA_MB_PER_CALLER * MIB,
+        ...(idempotencyKey === undefined ? {} : { idempotency: { key: idempotencyKey, fingerprint: print, ttlSeconds: IDEMPOTENCY_TTL_SECONDS } }),
+      });
+    } catch (err) {
+      if (uploads.length > 0) await files.removeJob(newId);
+      throw err;
+    }
+    if (created.outcome !== 'created' && uploads.length > 0) await files.removeJob(newId);
+    if (created.outcome === 'conflict') {
+      throw new ConflictError('This Idempotency-Key was already used with a different request body.', 'idempotency_key_reused');
+    }
+    if (created.outcome === 'existing') {
+      // The key and its job are written by one script, so the job exists unless its retention ran out.
+      const job = await store.getFor(caller, created.jobId);
+      if (!job) throw new ConflictError('The job this Idempotency-Key created has expired; send a new key.', 'idempotency_job_expired');
+      return { outcome: 'existing', job };
+    }
+    if (created.outcome === 'full') {
+      rateLimited.inc({ limit: 'active_jobs' });
+      return {
+        outcome: 'refused',
+        status: 429,
+        code: 'too_many_active_jobs',
+        retryAfterSeconds: ACTIVE_CAP_RETRY_AFTER_S,
+        detail: `You have ${created.active} queued or running jobs, the most CALLER_MAX_ACTIVE_JOBS (${config.CALLER_MAX_ACTIVE_JOBS}) allows; submit this one when one of them ends.`,
+      };
+    }
+    if (created.outcome === 'quota') {
+      const total = inputs.reduce((sum, f) => sum + f.size, 0);
+      return {
+        outcome: 'refused',
+        status: 413,
+        code: 'storage_quota_exceeded',
+        detail: `These input files (${formatBytes(total)}) would take your stored files (${formatBytes(created.stored)} now) past your quota of ${config.ARTIFACT_QUOTA_MB_PER_CALLER} MiB (ARTIFACT_QUOTA_MB_PER_CALLER); delete jobs you no longer need.`,
+      };
+    }
+    const id = created.job.id;
+    try {
+      // The trace's context rides with the job, so the worker's spans join the trace this request began.
+      const traceparent = currentTraceparent();
+      await queue.add('agent', traceparent === undefined ? { jobId: id } : { jobId: id, traceparent }, {
+        jobId: id,
+        // The caller's place in the fair order (see job-store CREATE); BullMQ keeps it through retries.
+        priority: created.priority,
+        attempts: config.JOB_ATTEMPTS,
+        backoff: { type: 'exponential', delay: 1000 },
+        removeOnComplete: true,
+        removeOnFail: true,
+      });
+    } catch (err) {
+      await store
+        .finish(id, { status: 'failed', stopReason: 'error', error: { code: 'enqueue_failed', message: 'The job could not be queued.' } })
+        .catch(() => undefined);
+      if (idempotencyKey !== undefined) await store.releaseIdempotencyKey(caller, idempotencyKey).catch(() => undefined);
+      throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
+    }
+    jobsCreated.inc({ provider: spec.provider });
+    trace.getActiveSpan()?.setAttributes({ 'maestro.job.id': id, 'maestro.job.provider': spec.provider, 'maestro.job.inputs': inputs.length });
+    logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model, inputs: inputs.length }, 'job created');
+    return { outcome: 'created', job: created.job };
+  };
+}
+
+/**
+ * Cancels the caller's job, as `POST /v1/jobs/{id}/cancel` and the MCP tool `cancel_job` do, and
+ * returns it as it is then. Another caller's job is not found, like a missing one; an ended one is a conflict.
+ */
+export async function cancelJob(deps: Pick<JobsRouterDeps, 'config' | 'store' | 'queue' | 'redis' | 'logger'>, caller: string, id: string): Promise<JobView | null> {
+  const { config, store, queue, redis, logger } = deps;
+  const job = await store.getFor(caller, id);
+  if (!job) throw new NotFoundError('No such job.');
+  const before = await store.requestCancel(id);
+  if (before === 'succeeded' || before === 'failed') {
+    throw new ConflictError(`The job has already ended (${before}).`, 'job_finished');
+  }
+  if (before === 'queued') {
+    // A waiting or delayed job is removed outright; one a worker has locked is not, and gets the message below.
+    const removed = await queue.remove(id);
+    if (removed === 1) {
+      await store.finish(id, { status: 'cancelled', stopReason: 'cancelled', error: { code: 'cancelled', message: 'Cancelled before it started.' } });
+    }
+  }
+  if (before === 'queued' || before === 'running') await redis.publish(cancelChannel(config.MAESTRO_PREFIX), id);
+  logger.info({ event: 'job.cancel_requested', jobId: id, caller, status: before }, 'cancel requested');
+  return store.getFor(caller, id);
+}
+
 export function jobsRouter(deps: JobsRouterDeps): Router {
   const { config, store, files, queue, redis, logger } = deps;
   const uploadLimits = {
@@ -101,10 +264,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     maxTotalBytes: config.JOB_INPUT_MAX_MB * MIB,
     maxJobBytes: config.BODY_LIMIT_KB * 1024,
   };
-  const requestSchema = createJobRequestSchema({
-    maxSteps: config.JOB_MAX_STEPS_LIMIT,
-    maxTimeoutSeconds: config.JOB_MAX_TIMEOUT_SECONDS,
-  });
+  const create = jobCreator(deps);
   const router = Router();
 
   router.post('/', async (req, res) => {
@@ -141,101 +301,15 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
     }
   });
 
-  /** Creates and enqueues a job from its request, with its uploaded input files (none for a JSON request). */
+  /** Creates and enqueues a job from its request and answers for it (see jobCreator). */
   async function createJob(_req: Request, res: Response, raw: unknown, uploads: readonly UploadedFile[], idempotencyKey: string | undefined): Promise<void> {
-    const body = parseOrThrow(requestSchema, raw, 'job');
-    const caller = res.locals.caller as string;
-    const inputs: InputInfo[] = uploads.map(({ name, size, contentType, sha256 }) => ({ name, size, contentType, sha256 }));
-    if (inputs.length > 0 && body.tools !== undefined && !body.tools.includes('code_executor')) {
-      throw new ValidationError('Input files are read with code_executor: enable that tool, or send the job without files.', [
-        { field: 'tools', message: 'must include code_executor when the job has input files' },
-      ]);
-    }
-    const provider = body.provider ?? config.DEFAULT_PROVIDER;
-    const spec: JobSpec = {
-      task: body.task,
-      provider,
-      model: body.model ?? (provider === 'openai' ? config.OPENAI_MODEL : config.ANTHROPIC_MODEL),
-      ...(body.system === undefined ? {} : { system: body.system }),
-      tools: body.tools ?? [...TOOL_NAMES],
-      maxSteps: body.maxSteps,
-      timeoutSeconds: body.timeoutSeconds,
-      metadata: body.metadata ?? {},
-      inputs,
-      caller,
-    };
-    const newId = newJobId();
-    // The files are in place before the job exists, so no worker can start it without them.
-    if (uploads.length > 0) await files.adoptInputs(newId, uploads);
-    let created;
-    try {
-      // A JSON request's fingerprint is its body's, as it has always been; an upload's covers its files too.
-      const print = uploads.length === 0 ? fingerprint(body) : fingerprint({ job: body, inputs: inputs.map((f) => [f.name, f.sha256]) });
-      created = await store.create(newId, spec, new Date(), {
-        maxActive: config.CALLER_MAX_ACTIVE_JOBS,
-        storageQuotaBytes: config.ARTIFACT_QUOTA_MB_PER_CALLER * MIB,
-        ...(idempotencyKey === undefined ? {} : { idempotency: { key: idempotencyKey, fingerprint: print, ttlSeconds: IDEMPOTENCY_TTL_SECONDS } }),
-      });
-    } catch (err) {
-      if (uploads.length > 0) await files.removeJob(newId);
-      throw err;
-    }
-    if (created.outcome !== 'created' && uploads.length > 0) await files.removeJob(newId);
-    if (created.outcome === 'conflict') {
-      throw new ConflictError('This Idempotency-Key was already used with a different request body.', 'idempotency_key_reused');
-    }
-    if (created.outcome === 'existing') {
-      // The key and its job are written by one script, so the job exists unless its retention ran out.
-      const job = await store.getFor(caller, created.jobId);
-      if (!job) throw new ConflictError('The job this Idempotency-Key created has expired; send a new key.', 'idempotency_job_expired');
-      res.status(200).location(`/v1/jobs/${job.id}`).json(job);
+    const created = await create(res.locals.caller as string, raw, uploads, idempotencyKey);
+    if (created.outcome === 'refused') {
+      if (created.retryAfterSeconds !== undefined) res.set('Retry-After', String(created.retryAfterSeconds));
+      sendProblem(res, created.status, created.code, created.detail);
       return;
     }
-    if (created.outcome === 'full') {
-      rateLimited.inc({ limit: 'active_jobs' });
-      res.set('Retry-After', String(ACTIVE_CAP_RETRY_AFTER_S));
-      sendProblem(
-        res,
-        429,
-        'too_many_active_jobs',
-        `You have ${created.active} queued or running jobs, the most CALLER_MAX_ACTIVE_JOBS (${config.CALLER_MAX_ACTIVE_JOBS}) allows; submit this one when one of them ends.`,
-      );
-      return;
-    }
-    if (created.outcome === 'quota') {
-      const total = inputs.reduce((sum, f) => sum + f.size, 0);
-      sendProblem(
-        res,
-        413,
-        'storage_quota_exceeded',
-        `These input files (${formatBytes(total)}) would take your stored files (${formatBytes(created.stored)} now) past your quota of ${config.ARTIFACT_QUOTA_MB_PER_CALLER} MiB (ARTIFACT_QUOTA_MB_PER_CALLER); delete jobs you no longer need.`,
-      );
-      return;
-    }
-    const id = created.job.id;
-    try {
-      // The trace's context rides with the job, so the worker's spans join the trace this request began.
-      const traceparent = currentTraceparent();
-      await queue.add('agent', traceparent === undefined ? { jobId: id } : { jobId: id, traceparent }, {
-        jobId: id,
-        // The caller's place in the fair order (see job-store CREATE); BullMQ keeps it through retries.
-        priority: created.priority,
-        attempts: config.JOB_ATTEMPTS,
-        backoff: { type: 'exponential', delay: 1000 },
-        removeOnComplete: true,
-        removeOnFail: true,
-      });
-    } catch (err) {
-      await store
-        .finish(id, { status: 'failed', stopReason: 'error', error: { code: 'enqueue_failed', message: 'The job could not be queued.' } })
-        .catch(() => undefined);
-      if (idempotencyKey !== undefined) await store.releaseIdempotencyKey(caller, idempotencyKey).catch(() => undefined);
-      throw new AppError({ code: 'queue_unavailable', status: 503, detail: 'The job queue is unavailable; try again later.', cause: err });
-    }
-    jobsCreated.inc({ provider: spec.provider });
-    trace.getActiveSpan()?.setAttributes({ 'maestro.job.id': id, 'maestro.job.provider': spec.provider, 'maestro.job.inputs': inputs.length });
-    logger.info({ event: 'job.created', jobId: id, caller, provider: spec.provider, model: spec.model, inputs: inputs.length }, 'job created');
-    res.status(202).location(`/v1/jobs/${id}`).json(created.job);
+    res.status(created.outcome === 'created' ? 202 : 200).location(`/v1/jobs/${created.job.id}`).json(created.job);
   }
 
   router.get('/', async (req, res) => {
@@ -268,24 +342,7 @@ export function jobsRouter(deps: JobsRouterDeps): Router {
   });
 
   router.post('/:id/cancel', async (req, res) => {
-    const id = jobIdParam(req);
-    const caller = res.locals.caller as string;
-    const job = await store.getFor(caller, id);
-    if (!job) throw new NotFoundError('No such job.');
-    const before = await store.requestCancel(id);
-    if (before === 'succeeded' || before === 'failed') {
-      throw new ConflictError(`The job has already ended (${before}).`, 'job_finished');
-    }
-    if (before === 'queued') {
-      // A waiting or delayed job is removed outright; one a worker has locked is not, and gets the message below.
-      const removed = await queue.remove(id);
-      if (removed === 1) {
-        await store.finish(id, { status: 'cancelled', stopReason: 'cancelled', error: { code: 'cancelled', message: 'Cancelled before it started.' } });
-      }
-    }
-    if (before === 'queued' || before === 'running') await redis.publish(cancelChannel(config.MAESTRO_PREFIX), id);
-    logger.info({ event: 'job.cancel_requested', jobId: id, caller, status: before }, 'cancel requested');
-    res.status(202).json(await store.getFor(caller, id));
+    res.status(202).json(await cancelJob(deps, res.locals.caller as string, jobIdParam(req)));
   });
 
   router.get(
