@@ -313,6 +313,23 @@ export function section(markdown: string, heading: string): { lines: string[]; f
   return { lines: lines.slice(start + 1, end), firstLine: start + 2 };
 }
 
+/** The bodies of the ```lang code blocks of a markdown section, in order. */
+export function codeBlocks(markdown: string, heading: string, lang: string): string[] {
+  const blocks: string[] = [];
+  let body: string[] | undefined;
+  for (const line of section(markdown, heading).lines) {
+    if (body === undefined) {
+      if (line.trim() === '```' + lang) body = [];
+    } else if (line.trim() === '```') {
+      blocks.push(body.join('\n'));
+      body = undefined;
+    } else {
+      body.push(line);
+    }
+  }
+  return blocks;
+}
+
 function parseExpected(text: string): NonNullable<DocExample['expected']> {
   const m = /^(\d{3})\b,?\s*(.*)$/s.exec(text);
   const status = m ? Number(m[1]) : undefined;
