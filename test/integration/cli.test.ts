@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Job, JobSummary } from '../../client/src';
-import { codeCall, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { getJob, startStack, type Stack } from '../support/stack';
 
 const ROOT = join(__dirname, '..', '..');
@@ -22,15 +22,11 @@ const TSX = pathToFileURL(require.resolve('tsx')).href;
 let model: ModelServer;
 let stack: Stack;
 let dir: string;
-/** Replies by the task's first line: a job with inputs has the file list after its task. */
+/** Replies by task (or its first line, for a job with inputs: see scriptBySteps). */
 const script: Record<string, ScriptedReply[]> = {};
 
 beforeAll(async () => {
-  model = await startModelServer((req) => {
-    const replies = script[req.task.split('\n')[0] as string];
-    if (!replies) throw new Error(`no scripted replies for ${JSON.stringify(req.task)}`);
-    return replies[Math.min(req.step, replies.length - 1)] as ScriptedReply;
-  });
+  model = await startModelServer(scriptBySteps(script));
   stack = await startStack(model, { env: { PROVIDER_MAX_RETRIES: '0' } });
   dir = await mkdtemp(join(tmpdir(), 'maestro-cli-'));
 });

@@ -20,7 +20,7 @@ import {
   type OutputEventData,
   type Step,
 } from '../../client/src';
-import { codeCall, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { readSse } from '../support/sse';
 import { startStack, waitForJobEnd, type Stack } from '../support/stack';
 
@@ -30,15 +30,11 @@ const keyOf = (caller: Caller): string => `${caller}-${'k'.repeat(40)}`;
 
 let model: ModelServer;
 let stack: Stack;
-/** Replies by the task's first line: a job with inputs has the file list after its task. */
+/** Replies by task (or its first line, for a job with inputs: see scriptBySteps). */
 const script: Record<string, ScriptedReply[]> = {};
 
 beforeAll(async () => {
-  model = await startModelServer((req) => {
-    const replies = script[req.task.split('\n')[0] as string];
-    if (!replies) throw new Error(`no scripted replies for ${JSON.stringify(req.task)}`);
-    return replies[Math.min(req.step, replies.length - 1)] as ScriptedReply;
-  });
+  model = await startModelServer(scriptBySteps(script));
   stack = await startStack(model, {
     env: {
       AUTH_MODE: 'api-key',

@@ -8,7 +8,7 @@ import { readdir } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { containersWith } from '../support/docker';
-import { codeCall, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
+import { codeCall, scriptBySteps, startModelServer, type ModelServer, type ScriptedReply } from '../support/model-server';
 import { getJob, startStack, waitForJobEnd, type AnyJson, type Stack } from '../support/stack';
 import { waitFor } from '../support/wait-for';
 
@@ -17,15 +17,11 @@ const as = (caller: keyof typeof KEYS): Record<string, string> => ({ authorizati
 
 let model: ModelServer;
 let stack: Stack;
-/** Replies by the task's first line: a job with inputs has the file list after its task. */
+/** Replies by task (or its first line, for a job with inputs: see scriptBySteps). */
 const script: Record<string, ScriptedReply[]> = {};
 
 beforeAll(async () => {
-  model = await startModelServer((req) => {
-    const replies = script[req.task.split('\n')[0] as string];
-    if (!replies) throw new Error(`no scripted replies for ${JSON.stringify(req.task)}`);
-    return replies[Math.min(req.step, replies.length - 1)] as ScriptedReply;
-  });
+  model = await startModelServer(scriptBySteps(script));
   stack = await startStack(model, {
     env: {
       AUTH_MODE: 'api-key',

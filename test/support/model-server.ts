@@ -101,9 +101,15 @@ export function codeCall(source: string, extra: Omit<ScriptedReply, 'toolCalls'>
   return { ...extra, toolCalls: [{ name: 'code_executor', arguments: { code: source } }] };
 }
 
+/**
+ * Replies by task, step by step (the last one repeats). A task is found whole or by its first line:
+ * a job with input files has their list after its task.
+ */
 export function scriptBySteps(map: Record<string, ScriptedReply[]>): Script {
   return (req) => {
-    const replies = Object.hasOwn(map, req.task) ? map[req.task] : undefined;
+    const firstLine = req.task.split('\n')[0] as string;
+    const key = Object.hasOwn(map, req.task) ? req.task : Object.hasOwn(map, firstLine) ? firstLine : undefined;
+    const replies = key === undefined ? undefined : map[key];
     if (replies === undefined || replies.length === 0) {
       throw new Error(`no scripted replies for task ${JSON.stringify(req.task)}`);
     }
